@@ -1,0 +1,668 @@
+#!/usr/bin/env python3
+"""Chat fan-out benchmark: one room, N members over two server instances sharing one Redis.
+
+    python bench/fanout.py               # 1,000 members, 20 msgs/s for 30 s, ours then the reference
+    python bench/fanout.py --quick       # 200 members, 5 s: the whole thing in under a minute
+    python bench/fanout.py --saturate    # also raise the rate until p99 > 100 ms or deliveries lag
+    python bench/fanout.py --only reference --quick   # just the Node reference (no live/ needed)
+
+Teacher-role senders (one identity per 3 msgs/s: the staff chat limit is 100 per 30 s per user)
+send `chat:send` at a steady rate; student members, held by load-generator processes, count the
+`room:event`s they receive and the send-to-receive latency (the send time, wall clock in us,
+travels in the chat text; every process is on this machine). The same load then runs against
+bench/reference/server.js: Node Socket.IO 4 with @socket.io/redis-adapter, two instances, the
+same event names.
+
+CPU sharing (the machine has 2 cores): two server instances, Redis, the generators and this
+process all compete. Generators are kept cheap instead of isolated: a hand-written websocket
+client that finds a marker in the raw frame (no JSON parse, no task switch per delivery), two
+processes by default, GC frozen after setup. Every step reports the CPU each party used (from
+/proc) so a run where the generators, not the server, were the limit shows as such
+(`gen_cpu_max` near 1.0 means a generator process had a whole core).
+
+Which figure to compare: below both servers' capacity, deliveries/s equals the offered load for
+both, so `ratio` at a fixed rate is ~1 by construction and says only "both keep up"; what
+differs there is latency and CPU per delivery (`cpu_us_per_delivery`). `--saturate` gives the
+honest throughput comparison: the highest deliveries/s each server sustains with p99 <= 100 ms,
+no lag and no losses (`sat_ratio`), on the same machine with the same generators.
+
+The last line of stdout is one JSON object with the figures; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import multiprocessing as mp
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jwt  # noqa: E402
+
+import _loadgen  # noqa: E402
+from _loadgen import MemberSpec, chat_text, merge_counts, percentile  # noqa: E402
+from _servers import (  # noqa: E402
+    Proc,
+    create_pg_database,
+    drop_pg_database,
+    ensure_reference_installed,
+    log,
+    machine_busy,
+    start_live_instances,
+    start_redis,
+    start_reference_instances,
+    tree_cpu_seconds,
+    wait_ready,
+)
+from _sio import SioClient  # noqa: E402
+
+AUDIENCE = "live-classroom"
+SENDER_RATE = 3.0  # msgs/s per teacher identity, under the staff limit of 100 per 30 s
+P99_LIMIT_MS = 100.0
+KEEP_UP = 0.95  # deliveries inside the send window / offered, below which a step has fallen behind
+MAX_MISSING = 0.001  # fraction of expected deliveries that may be missing after the drain
+INSTANCES = 2
+
+TEACHER_GRANTS = {"publish": True, "chat": True, "ask": True, "gift": False, "buy": False, "room_admin": True}
+STUDENT_GRANTS = {"publish": False, "chat": True, "ask": True, "gift": True, "buy": True, "room_admin": False}
+
+
+def mint(secret: str, room: str, sub: str, role: str, grants: dict[str, bool]) -> str:
+    now = int(time.time())
+    claims = {"sub": sub, "name": sub, "room": room, "role": role, "grants": grants,
+              "aud": AUDIENCE, "iat": now, "exp": now + 6 * 3600}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+# --------------------------------------------------------------------------- servers under test
+
+
+@dataclass
+class Target:
+    name: str  # "live" or "reference"
+    secret: str
+    instances: list[tuple[Proc, int]]
+    redis: Proc
+    go_live: bool  # our rooms start "scheduled"; the reference has no room status
+
+    def cpu_snapshot(self) -> dict[str, float]:
+        snap = {p.name: tree_cpu_seconds(p.pid) for p, _ in self.instances}
+        snap["redis"] = tree_cpu_seconds(self.redis.pid)
+        return snap
+
+
+async def start_target(kind: str, args: argparse.Namespace, stack: AsyncExitStack, work: Path) -> Target:
+    redis, redis_port = start_redis(work)
+    stack.callback(redis.stop)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    secret = secrets.token_urlsafe(48)[:48]
+    if kind == "live":
+        env = {
+            "LIVE_REDIS_URL": redis_url,
+            "LIVE_SECRET": secret,
+            "LIVE_API_KEY": "bench",
+            "LIVE_API_SECRET": secrets.token_urlsafe(24),
+            "LIVE_DATA_DIR": str(work / "data"),
+            "LIVE_DATABASE_URL": await _database_url(args, stack, work),
+        }
+        (work / "data").mkdir(exist_ok=True)
+        instances = start_live_instances(INSTANCES, env, work)
+    else:
+        ensure_reference_installed()
+        instances = start_reference_instances(INSTANCES, redis_url, work)
+    for proc, _ in instances:
+        stack.callback(proc.stop)
+    procs = [p for p, _ in instances]
+    await asyncio.gather(*(wait_ready(f"http://127.0.0.1:{port}/readyz", procs, 60) for _, port in instances))
+    log(f"{kind}: {INSTANCES} instances ready on ports {[port for _, port in instances]}, redis {redis_port}")
+    return Target(kind, secret, instances, redis, go_live=kind == "live")
+
+
+async def _database_url(args: argparse.Namespace, stack: AsyncExitStack, work: Path) -> str:
+    if args.sqlite:
+        return f"sqlite:///{work / 'data' / 'live.db'}"
+    name, url = await create_pg_database()
+    stack.push_async_callback(drop_pg_database, name)
+    log(f"created PostgreSQL database {name}")
+    return url
+
+
+# --------------------------------------------------------------------------- generator processes
+
+
+async def _recv(conn: Connection, timeout: float) -> Any:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def readable() -> None:
+        loop.remove_reader(conn.fileno())
+        try:
+            fut.set_result(conn.recv())
+        except Exception as exc:  # EOFError when the generator died
+            fut.set_exception(exc)
+
+    loop.add_reader(conn.fileno(), readable)
+    try:
+        async with asyncio.timeout(timeout):
+            return await fut
+    finally:
+        loop.remove_reader(conn.fileno())
+
+
+class Generators:
+    def __init__(self, procs: list[Any], conns: list[Connection]) -> None:
+        self.procs = procs
+        self.conns = conns
+
+    @classmethod
+    def spawn(cls, members: list[MemberSpec], n_procs: int, transport: str) -> Generators:
+        ctx = mp.get_context("spawn")
+        procs, conns = [], []
+        for i in range(n_procs):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_loadgen.run, args=(child, members[i::n_procs], transport),
+                               name=f"loadgen-{i}", daemon=True)
+            proc.start()
+            child.close()
+            procs.append(proc)
+            conns.append(parent)
+        return cls(procs, conns)
+
+    async def collect(self, expect: str, timeout: float) -> list[Any]:
+        replies = await asyncio.gather(*(_recv(c, timeout) for c in self.conns))
+        for kind, _ in replies:
+            if kind != expect:
+                raise RuntimeError(f"generator answered {kind!r}, expected {expect!r}")
+        return [payload for _, payload in replies]
+
+    async def request(self, msg: tuple[Any, ...], expect: str, timeout: float = 30) -> list[Any]:
+        for c in self.conns:
+            c.send(msg)
+        return await self.collect(expect, timeout)
+
+    async def close(self) -> None:
+        for c in self.conns:
+            try:
+                c.send(("quit",))
+            except (BrokenPipeError, OSError):
+                pass
+        deadline = time.monotonic() + 15
+        for p in self.procs:
+            await asyncio.to_thread(p.join, max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+
+
+# --------------------------------------------------------------------------- senders
+
+
+@dataclass
+class SendReport:
+    sent: int = 0
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    unacked: int = 0
+    max_lag_ms: float = 0.0  # how far behind schedule the send loop fell
+    ack_ms: list[float] = field(default_factory=list)
+
+
+class Senders:
+    """Teacher-role connections that send the chat; spread over the instances."""
+
+    def __init__(self, target: Target, room: str, transport: str) -> None:
+        self.target = target
+        self.room = room
+        self.transport = transport
+        self.clients: list[SioClient] = []
+        self.received = 0  # room events the senders themselves got (they are in the room too)
+
+    def _on_event(self, _data: bytes, _now: float) -> None:
+        self.received += 1
+
+    async def ensure(self, n: int) -> None:
+        while len(self.clients) < n:
+            j = len(self.clients)
+            port = self.target.instances[j % len(self.target.instances)][1]
+            token = mint(self.target.secret, self.room, f"bench-teacher-{j}", "teacher", TEACHER_GRANTS)
+            client = SioClient(self._on_event, self.transport)
+            await client.connect("127.0.0.1", port, token, timeout=60)
+            ack = await client.call("join", {}, timeout=60)
+            if not (isinstance(ack, dict) and ack.get("ok")):
+                raise RuntimeError(f"sender join refused: {json.dumps(ack)[:500]}")
+            if j == 0 and self.target.go_live:
+                ack = await client.call("room:go_live", {}, timeout=10)
+                if not (isinstance(ack, dict) and ack.get("ok")):
+                    log(f"room:go_live answered {json.dumps(ack)[:300]} (continuing)")
+            self.clients.append(client)
+
+    def other_packets(self) -> int:
+        return sum(c.other_packets for c in self.clients)
+
+    async def send_step(self, rate: float, duration: float, step: int, t0: float) -> SendReport:
+        n_msgs = max(1, round(rate * duration))
+        k = min(len(self.clients), math.ceil(rate / SENDER_RATE))
+        report = SendReport()
+        all_acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        sent_at: dict[int, float] = {}
+
+        def on_ack(seq: int, res: Any) -> None:
+            report.ack_ms.append((time.time() - sent_at.pop(seq)) * 1000)
+            if isinstance(res, dict) and res.get("ok"):
+                report.ok += 1
+            else:
+                code = res.get("error", {}).get("code") if isinstance(res, dict) else None
+                report.errors[str(code or res)[:80]] += 1
+            if report.ok + sum(report.errors.values()) == n_msgs and not all_acked.done():
+                all_acked.set_result(None)
+
+        for seq in range(n_msgs):
+            delay = t0 + seq / rate - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                report.max_lag_ms = max(report.max_lag_ms, -delay * 1000)
+            now = time.time()
+            sent_at[seq] = now
+            text = chat_text(step, seq, int(now * 1e6))
+            self.clients[seq % k].emit("chat:send", {"text": text}, lambda res, s=seq: on_ack(s, res))
+            report.sent += 1
+        try:
+            async with asyncio.timeout(15):
+                await all_acked
+        except TimeoutError:
+            report.unacked = len(sent_at)
+        return report
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- one load step
+
+
+@dataclass
+class StepResult:
+    rate: float
+    duration_s: float
+    members: int
+    sent: int
+    accepted: int
+    send_errors: dict[str, int]
+    expected: int  # accepted messages x members
+    delivered: int
+    missing: int  # expected deliveries not seen by the end of the drain
+    duplicates: int
+    offered_per_s: float
+    deliveries_per_s: float  # received inside the send window / window
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    ack_p50_ms: float | None
+    ack_p99_ms: float | None
+    server_cpu: dict[str, float]  # fraction of one core over the step
+    cpu_us_per_delivery: float | None  # server instances only (not Redis), per delivery incl. senders'
+    gen_cpu_max: float  # busiest generator process, fraction of one core
+    gen_cpu_total: float  # all generators plus this process (the senders), in cores
+    machine_busy: float  # all cores, 0..1
+    foreign_cpu: float  # cores used by processes that are not part of this benchmark
+    send_lag_ms: float
+    disconnected: int
+    keeps_up: bool
+    why_not: str
+
+
+class Bench:
+    def __init__(self, target: Target, gens: Generators, senders: Senders, members: int) -> None:
+        self.target = target
+        self.gens = gens
+        self.senders = senders
+        self.members = members
+        self.step_no = 0
+
+    async def wait_quiet(self, timeout: float = 90.0) -> float:
+        """Wait until the room is idle, so that presence storms after joins, or the backlog of a step
+        that fell behind, do not count in the next step. Returns the seconds waited."""
+        threshold = 5 + self.members // 50  # packets per 0.5 s: presence:count and pings only
+        started = time.monotonic()
+        deadline, next_note = started + timeout, started + 10
+        await self.gens.request(("quiet",), "quiet")
+        last_sender = self.senders.other_packets() + self.senders.received
+        calm = 0
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            counts = await self.gens.request(("quiet",), "quiet", timeout=60)
+            sender_now = self.senders.other_packets() + self.senders.received
+            packets = sum(counts) + sender_now - last_sender
+            last_sender = sender_now
+            calm = calm + 1 if packets <= threshold else 0
+            if calm >= 2:
+                return time.monotonic() - started
+            if time.monotonic() > next_note:
+                log(f"{self.target.name}: room still busy ({packets * 2}/s packets to members), waiting")
+                next_note += 10
+        log(f"{self.target.name}: room still busy after {timeout:.0f}s; measuring anyway")
+        return time.monotonic() - started
+
+    async def step(self, rate: float, duration: float, drain: float) -> StepResult:
+        self.step_no += 1
+        await self.senders.ensure(math.ceil(rate / SENDER_RATE))
+        await self.wait_quiet()
+        t0 = time.time() + 0.3
+        await self.gens.request(("start", self.step_no, t0), "started")
+        cpu0, busy0, mono0 = self.target.cpu_snapshot(), machine_busy(), time.monotonic()
+        main_cpu0 = time.process_time()
+        sender_recv0 = self.senders.received
+        report = await self.senders.send_step(rate, duration, self.step_no, t0)
+        await asyncio.sleep(drain)
+        cpu1, busy1, wall = self.target.cpu_snapshot(), machine_busy(), time.monotonic() - mono0
+        main_cpu = time.process_time() - main_cpu0
+        stats = await self.gens.request(("stop",), "stats")
+        sender_deliveries = self.senders.received - sender_recv0
+        return self._summarize(rate, duration, report, stats, (cpu0, cpu1), (busy0, busy1), wall,
+                               sender_deliveries, main_cpu)
+
+    def _summarize(self, rate: float, duration: float, report: SendReport, stats: list[dict[str, Any]],
+                   cpu: tuple[dict[str, float], dict[str, float]], busy: tuple[tuple[float, float], ...],
+                   wall: float, sender_deliveries: int, main_cpu: float) -> StepResult:
+        per_member = [n for s in stats for n in s["per_member"]]
+        members = len(per_member)
+        expected_each = report.ok
+        delivered = sum(per_member)
+        missing = sum(max(0, expected_each - n) for n in per_member)
+        duplicates = sum(max(0, n - expected_each) for n in per_member)
+        bins = merge_counts([s["bins"] for s in stats])
+        in_window = sum(n for slot, n in bins.items() if 0 <= slot < round(duration * 10))
+        hist = merge_counts([s["hist"] for s in stats])
+        server_cpu = {name: round((cpu[1][name] - cpu[0][name]) / wall, 3) for name in cpu[0]}
+        server_cpu_s = sum(cpu[1][name] - cpu[0][name] for name in cpu[0] if name != "redis")
+        all_deliveries = delivered + sender_deliveries
+        ack_sorted = sorted(report.ack_ms)
+        ncpu = os.cpu_count() or 1
+        busy_frac = (busy[1][0] - busy[0][0]) / max(1.0, busy[1][1] - busy[0][1])
+        load_cpu = sum(s["cpu_s"] / s["wall_s"] for s in stats) + main_cpu / wall
+        bench_cores = sum(server_cpu.values()) + load_cpu
+        res = StepResult(
+            rate=rate, duration_s=duration, members=members, sent=report.sent, accepted=report.ok,
+            send_errors=dict(report.errors) | ({"unacked": report.unacked} if report.unacked else {}),
+            expected=expected_each * members, delivered=delivered, missing=missing, duplicates=duplicates,
+            offered_per_s=round(expected_each * members / duration, 1),
+            deliveries_per_s=round(in_window / duration, 1),
+            p50_ms=percentile(hist, 0.50), p90_ms=percentile(hist, 0.90), p99_ms=percentile(hist, 0.99),
+            max_ms=round(max(hist) / _loadgen.HIST_PER_MS, 1) if hist else None,
+            ack_p50_ms=_quantile(ack_sorted, 0.5), ack_p99_ms=_quantile(ack_sorted, 0.99),
+            server_cpu=server_cpu,
+            cpu_us_per_delivery=round(server_cpu_s / all_deliveries * 1e6, 2) if all_deliveries else None,
+            gen_cpu_max=round(max(s["cpu_s"] / s["wall_s"] for s in stats), 3),
+            gen_cpu_total=round(load_cpu, 3),
+            machine_busy=round(busy_frac, 3),
+            foreign_cpu=round(max(0.0, busy_frac * ncpu - bench_cores), 2),
+            send_lag_ms=round(report.max_lag_ms, 1),
+            disconnected=sum(s["disconnected"] for s in stats),
+            keeps_up=False, why_not="",
+        )
+        res.why_not = _why_not(res, report)
+        res.keeps_up = not res.why_not
+        return res
+
+
+def _quantile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return round(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))], 2)
+
+
+def _why_not(res: StepResult, report: SendReport) -> str:
+    reasons = []
+    if report.errors or report.unacked:
+        reasons.append(f"send errors {res.send_errors}")
+    if res.p99_ms is None or res.p99_ms > P99_LIMIT_MS:
+        reasons.append(f"p99 {res.p99_ms} ms > {P99_LIMIT_MS:.0f}")
+    if res.deliveries_per_s < KEEP_UP * res.offered_per_s:
+        reasons.append(f"behind: {res.deliveries_per_s:.0f}/s of {res.offered_per_s:.0f}/s offered")
+    if res.missing > MAX_MISSING * max(1, res.expected):
+        reasons.append(f"{res.missing} deliveries missing")
+    if res.disconnected:
+        reasons.append(f"{res.disconnected} members disconnected")
+    return "; ".join(reasons)
+
+
+def _step_line(name: str, r: StepResult) -> str:
+    return (f"{name:9} rate {r.rate:7.1f}/s  deliveries {r.deliveries_per_s:9.1f}/s of {r.offered_per_s:9.1f}"
+            f"  p50 {r.p50_ms} p99 {r.p99_ms} ms  missing {r.missing}  server cpu {r.server_cpu}"
+            f"  {r.cpu_us_per_delivery} us/delivery  gen {r.gen_cpu_max}  busy {r.machine_busy}"
+            f"  foreign {r.foreign_cpu}"
+            f"  {'ok' if r.keeps_up else 'FAIL: ' + r.why_not}")
+
+
+# --------------------------------------------------------------------------- saturation
+
+
+async def saturate(run: Callable[[float], Awaitable[StepResult]], name: str, start: float,
+                   max_rate: float, refine: int) -> tuple[StepResult | None, list[StepResult]]:
+    """Raise the rate x1.5 until a step fails, then bisect `refine` times between pass and fail."""
+    steps: list[StepResult] = []
+
+    async def attempt(rate: float) -> StepResult:
+        r = await run(round(rate, 1))
+        steps.append(r)
+        log(_step_line(name, r))
+        return r
+
+    best: StepResult | None = None
+    fail: float | None = None
+    rate = start
+    while rate <= max_rate:
+        r = await attempt(rate)
+        if r.keeps_up:
+            best, rate = r, rate * 1.5
+        elif best is None and rate > 1:
+            fail, rate = rate, rate / 2  # even the start rate is too much: come down
+        else:
+            fail = rate
+            break
+    if best is not None and fail is not None:
+        lo, hi = best.rate, fail
+        for _ in range(refine):
+            mid = (lo + hi) / 2
+            if hi - lo < 1:
+                break
+            r = await attempt(mid)
+            if r.keeps_up:
+                lo = mid
+                if r.deliveries_per_s > best.deliveries_per_s:
+                    best = r
+            else:
+                hi = mid
+    return best, steps
+
+
+# --------------------------------------------------------------------------- one server, all steps
+
+
+async def bench_target(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix=f"lc-bench-{kind}-"))
+    if args.keep_logs:
+        log(f"{kind}: logs in {work}")
+    try:
+        async with AsyncExitStack() as stack:
+            target = await start_target(kind, args, stack, work)
+            room = f"bench-{secrets.token_hex(4)}"
+            senders = Senders(target, room, args.transport)
+            stack.push_async_callback(senders.close)
+            await senders.ensure(1)  # the first teacher's join creates the room
+            members = [
+                MemberSpec("127.0.0.1", target.instances[i % INSTANCES][1],
+                           mint(target.secret, room, f"bench-student-{i}", "student", STUDENT_GRANTS))
+                for i in range(args.members)
+            ]
+            gens = Generators.spawn(members, args.procs, args.transport)
+            stack.push_async_callback(gens.close)
+            join_started = time.monotonic()
+            ready = await gens.collect("ready", timeout=60 + args.members * 0.3)
+            join_s = round(time.monotonic() - join_started, 1)
+            connected = sum(r["connected"] for r in ready)
+            log(f"{kind}: {connected}/{args.members} members joined room {room} in {join_s}s")
+            for r in ready:
+                if r["failed"]:
+                    log(f"{kind}: {r['failed']} members failed: {r['errors']}")
+            if connected == 0:
+                raise RuntimeError("no member could join")
+            bench = Bench(target, gens, senders, connected)
+            settle = await bench.wait_quiet(timeout=120 + args.members * 0.3)
+            log(f"{kind}: room quiet {settle:.1f}s after the last join")
+            out: dict[str, Any] = {"connected": connected, "join_s": join_s, "settle_s": round(settle, 1)}
+            if not args.saturate_only:
+                fixed = await bench.step(args.rate, args.duration, args.drain)
+                log(_step_line(kind, fixed))
+                out["fixed"] = fixed
+            if args.saturate or args.saturate_only:
+                best, steps = await saturate(lambda r: bench.step(r, args.step_duration, args.drain), kind,
+                                             args.rate, args.max_rate, args.refine)
+                out["saturation"] = {"best": best, "steps": steps}
+            return out
+    finally:
+        if not args.keep_logs:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _pick(r: StepResult | None, prefix: str) -> dict[str, Any]:
+    keys = ("deliveries_per_s", "p50_ms", "p99_ms")
+    if r is None:
+        return {prefix + k: None for k in keys} | {prefix + "lost": None}
+    return {prefix + k: getattr(r, k) for k in keys} | {
+        prefix + "lost": r.missing,
+        prefix + "cpu_us_per_delivery": r.cpu_us_per_delivery,
+        prefix + "server_cpu": r.server_cpu,
+        prefix + "gen_cpu_max": r.gen_cpu_max,
+        prefix + "foreign_cpu": r.foreign_cpu,
+        prefix + "keeps_up": r.keeps_up,
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def summary(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    live, ref = results.get("live", {}), results.get("reference", {})
+    out: dict[str, Any] = {"members": args.members, "rate": args.rate, "duration_s": args.duration}
+    lf, rf = live.get("fixed"), ref.get("fixed")
+    if not args.saturate_only:
+        out |= _pick(lf, "") | _pick(rf, "ref_")
+        out["ratio"] = _ratio(out.get("deliveries_per_s"), out.get("ref_deliveries_per_s"))
+        # Same load, server CPU per delivery: >1 means ours spends more CPU per delivery.
+        out["cpu_cost_ratio"] = _ratio(out.get("cpu_us_per_delivery"), out.get("ref_cpu_us_per_delivery"))
+    if args.saturate or args.saturate_only:
+        for prefix, res in (("", live), ("ref_", ref)):
+            best = res.get("saturation", {}).get("best") if res else None
+            out[prefix + "sat_deliveries_per_s"] = best.deliveries_per_s if best else None
+            out[prefix + "sat_rate"] = best.rate if best else None
+            out[prefix + "sat_p99_ms"] = best.p99_ms if best else None
+            # A generator process at ~a whole core means the figure is a lower bound for that server.
+            out[prefix + "sat_generator_bound"] = bool(best and best.gen_cpu_max > 0.9)
+        out["sat_ratio"] = _ratio(out.get("sat_deliveries_per_s"), out.get("ref_sat_deliveries_per_s"))
+    for kind, res in results.items():
+        prefix = "" if kind == "live" else "ref_"
+        for key in ("join_s", "settle_s"):
+            if key in res:
+                out[prefix + key] = res[key]
+        if "error" in res:
+            out[f"{kind}_error"] = res["error"]
+    return out
+
+
+def write_details(path: Path, args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
+    def plain(obj: Any) -> Any:
+        if isinstance(obj, StepResult):
+            return asdict(obj)
+        if isinstance(obj, dict):
+            return {k: plain(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [plain(v) for v in obj]
+        return obj
+
+    path.write_text(json.dumps({"args": vars(args), "results": plain(results)}, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--members", type=int, help="receiving members (default 1000; 200 with --quick)")
+    p.add_argument("--rate", type=float, default=20.0, help="chat messages per second (default 20)")
+    p.add_argument("--duration", type=float, help="seconds of load at --rate (default 30; 5 with --quick)")
+    p.add_argument("--quick", action="store_true", help="small and short: under a minute in all")
+    p.add_argument("--saturate", action="store_true", help="also find each server's max sustained rate")
+    p.add_argument("--saturate-only", action="store_true", help="skip the fixed-rate step")
+    p.add_argument("--step-duration", type=float, help="seconds per saturation step (default 8; 4 quick)")
+    p.add_argument("--max-rate", type=float, default=2000.0, help="saturation ceiling, msgs/s")
+    p.add_argument("--refine", type=int, default=2, help="bisection steps after the first failure")
+    p.add_argument("--drain", type=float, help="seconds to wait for deliveries after the last send")
+    p.add_argument("--procs", type=int, default=2, help="load-generator processes (default 2)")
+    p.add_argument("--transport", choices=("raw", "aiohttp"), default="raw",
+                   help="websocket client used by generators (raw: cheapest)")
+    p.add_argument("--only", choices=("live", "reference"), help="benchmark one server only")
+    p.add_argument("--sqlite", action="store_true", help="our server on SQLite instead of PostgreSQL")
+    p.add_argument("--keep-logs", action="store_true", help="keep server logs in the temp dir")
+    p.add_argument("--details", type=Path, help="write every step's figures to this JSON file")
+    args = p.parse_args(argv)
+    args.members = args.members or (200 if args.quick else 1000)
+    args.duration = args.duration or (5.0 if args.quick else 30.0)
+    args.step_duration = args.step_duration or (4.0 if args.quick else 8.0)
+    args.drain = args.drain if args.drain is not None else (1.5 if args.quick else 3.0)
+    return args
+
+
+async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, dict[str, Any]] = {}
+    kinds = [args.only] if args.only else ["live", "reference"]
+    for kind in kinds:
+        log(f"=== {kind}: {args.members} members over {INSTANCES} instances")
+        try:
+            results[kind] = await bench_target(kind, args)
+        except Exception as exc:
+            log(f"{kind} failed: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-4)}")
+            results[kind] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    if args.details:
+        write_details(args.details, args, results)
+    for kind, res in results.items():
+        if "fixed" in res:
+            print(_step_line(kind, res["fixed"]))
+        for r in res.get("saturation", {}).get("steps", []):
+            print(_step_line(kind + "/sat", r))
+    return summary(args, results)
+
+
+def main() -> None:
+    args = parse_args()
+    started = time.monotonic()
+    out = asyncio.run(amain(args))
+    out["elapsed_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

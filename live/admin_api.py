@@ -1,0 +1,94 @@
+"""Admin API for hosts: rooms and join tokens, behind HTTP Basic with the API key and secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from live.auth import check_basic_auth, mint_token
+from live.config import Settings
+from live.http_util import error_response, read_json
+from live.schemas import RoomCreateIn, TokenIn
+from rooms.errors import RoomError
+from rooms.identity import Grants, Role
+from rooms.presence import PresenceKeeper
+from rooms.service import RoomService, RoomStatus
+
+OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
+
+
+class AdminApi:
+    def __init__(self, settings: Settings, rooms: RoomService, presence: PresenceKeeper) -> None:
+        self.settings = settings
+        self.rooms = rooms
+        self.presence = presence
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/api/openapi.yaml", self.openapi)
+        app.router.add_post("/api/rooms", self.create_room)
+        app.router.add_get("/api/rooms", self.list_rooms)
+        app.router.add_get("/api/rooms/{id}", self.get_room)
+        app.router.add_post("/api/rooms/{id}/live", self.go_live)
+        app.router.add_post("/api/rooms/{id}/end", self.end_room)
+        app.router.add_post("/api/rooms/{id}/tokens", self.mint)
+
+    def _authorize(self, request: web.Request) -> None:
+        if not check_basic_auth(request.headers.get("Authorization"), self.settings.api_key, self.settings.api_secret):
+            raise RoomError("unauthorized", "admin API needs HTTP Basic auth with LIVE_API_KEY and LIVE_API_SECRET")
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(OPENAPI_FILE, headers={"Content-Type": "application/yaml"})
+
+    async def create_room(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body = await read_json(request, RoomCreateIn)
+        room = await self.rooms.create(body.title, room_id=body.id, scheduled_at=body.scheduled_at)
+        return web.json_response(room.to_dict(), status=201)
+
+    async def list_rooms(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        raw = request.query.get("status")
+        try:
+            status = RoomStatus(raw) if raw else None
+        except ValueError:
+            return error_response("invalid", "status must be scheduled, live or ended")
+        return web.json_response({"rooms": [r.to_dict() for r in await self.rooms.list(status)]})
+
+    async def get_room(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        room = await self.rooms.require(request.match_info["id"])
+        return web.json_response({**room.to_dict(), "head_count": await self.presence.count(room.id)})
+
+    async def go_live(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        room = await self.rooms.go_live(request.match_info["id"])
+        return web.json_response(room.to_dict())
+
+    async def end_room(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        room = await self.rooms.end(request.match_info["id"])
+        return web.json_response(room.to_dict())
+
+    async def mint(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body = await read_json(request, TokenIn)
+        room = await self.rooms.require(request.match_info["id"])
+        grants = Grants(**body.grants.model_dump()) if body.grants is not None else Grants.for_role(body.role)
+        token = mint_token(
+            self.settings.secret,
+            room_id=room.id,
+            user_id=body.user_id,
+            name=body.name,
+            role=body.role,
+            grants=grants,
+            ttl_s=body.ttl_s,
+            minor=body.minor,
+        )
+        return web.json_response({"token": token, "url": page_link(self.settings, body.role, token)})
+
+
+def page_link(settings: Settings, role: Role, token: str) -> str:
+    """The page a token opens: the studio for staff roles, the room for students."""
+    page = "studio" if role.is_staff else "room"
+    return f"{settings.base_url()}/{page}#token={token}"

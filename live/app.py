@@ -1,0 +1,153 @@
+"""The app factory: wires config, database, engine, room services, Socket.IO and HTTP routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from live.admin_api import AdminApi
+from live.config import Settings
+from live.db import create_engine, migrate
+from live.gateway import ClassroomSocketServer, SocketGateway
+from live.http_util import errors_and_headers
+from live.metrics import Metrics
+from live.ops import OpsRoutes
+from live.pages import Pages
+from rooms.chat import ChatService, ChatTranscript
+from rooms.engine import Engine
+from rooms.engine_memory import MemoryEngine
+from rooms.engine_redis import RedisEngine
+from rooms.presence import PresenceKeeper
+from rooms.service import RoomService
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+MAX_BODY_BYTES = 64 * 1024
+COUNT_EVERY_S = 1.0
+POSITION_CHECK_EVERY_S = 5.0
+PRESENCE_REFRESH_EVERY_S = 10.0
+
+
+@dataclass
+class Services:
+    """What a running app holds; tests reach in through ``app[SERVICES]``."""
+
+    settings: Settings
+    db: AsyncEngine
+    engine: Engine
+    rooms: RoomService
+    chat: ChatService
+    transcript: ChatTranscript
+    presence: PresenceKeeper
+    gateway: SocketGateway
+    metrics: Metrics
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The memory engine unless ``LIVE_REDIS_URL`` is set."""
+    if settings.redis_url:
+        return RedisEngine(settings.redis_url, history_size=settings.history_size, history_ttl_s=settings.history_ttl_s)
+    return MemoryEngine(history_size=settings.history_size, history_ttl_s=settings.history_ttl_s)
+
+
+def origin_checker(settings: Settings) -> object:
+    """Engine.IO calls this for requests that carry an Origin header (browsers always do)."""
+    allowed = set(settings.allowed_origins)
+    if settings.public_url:
+        parts = urlsplit(settings.public_url)
+        allowed.add(f"{parts.scheme}://{parts.netloc}")
+
+    def is_allowed(origin: str, environ: dict[str, str]) -> bool:
+        if origin in allowed:
+            return True
+        scheme = environ.get("wsgi.url_scheme", "http")
+        return origin == f"{scheme}://{environ.get('HTTP_HOST', '')}"
+
+    return is_allowed
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_and_headers])
+    metrics = Metrics()
+    sio = ClassroomSocketServer(
+        async_mode="aiohttp",
+        cors_allowed_origins=origin_checker(settings),
+        max_http_buffer_size=MAX_BODY_BYTES,
+        ping_interval=20,
+        ping_timeout=20,
+        logger=False,
+        engineio_logger=False,
+    )
+    sio.attach(app)
+
+    db = create_engine(settings.database_url)
+    engine = build_engine(settings)
+    rooms = RoomService(db, engine)
+    transcript = ChatTranscript(db)
+    chat = ChatService(engine, transcript, settings.chat, history_limit=settings.history_size)
+    presence = PresenceKeeper(engine, settings.instance_id)
+    gateway = SocketGateway(settings, sio, engine, rooms, chat, presence, metrics)
+    services = Services(settings, db, engine, rooms, chat, transcript, presence, gateway, metrics)
+    app[SERVICES] = services
+    AdminApi(settings, rooms, presence).add_routes(app)
+    OpsRoutes(db, engine, metrics).add_routes(app)
+    Pages(STATIC_DIR).add_routes(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await migrate(settings.database_url)
+        await engine.start(gateway.follower)
+        transcript.start()
+        housekeeping = asyncio.create_task(_housekeeping(services), name="housekeeping")
+        log.info("live-classroom ready: engine=%s instance=%s", engine.name, settings.instance_id)
+        try:
+            yield
+        finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
+            for sid in list(gateway.sessions):
+                with contextlib.suppress(Exception):
+                    await sio.disconnect(sid)
+            await transcript.close()
+            await engine.close()
+            await db.dispose()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def _housekeeping(s: Services) -> None:
+    """Head counts every second, position checks every few seconds, presence refresh every ten."""
+    loop = asyncio.get_running_loop()
+    next_check = next_refresh = loop.time()
+    outages_seen = 0
+    while True:
+        await asyncio.sleep(COUNT_EVERY_S)
+        try:
+            now = loop.time()
+            status = s.engine.status
+            if now >= next_refresh or (status.connected and status.outages != outages_seen):
+                # After an outage Redis may have lost presence: register our connections again at once.
+                outages_seen = status.outages
+                next_refresh = now + PRESENCE_REFRESH_EVERY_S
+                await s.presence.refresh()
+            await s.presence.publish_counts(s.gateway.emit_count)
+            if now >= next_check:
+                next_check = now + POSITION_CHECK_EVERY_S
+                await s.gateway.follower.check_all()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("housekeeping round failed")

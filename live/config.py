@@ -1,0 +1,143 @@
+"""Server configuration, read from ``LIVE_*`` environment variables.
+
+Every variable is documented in ``docs/operations.md``. Bad values raise :class:`ConfigError` with the
+variable's name, so the server refuses to start rather than running half-configured.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from rooms.chat import ChatPolicy
+
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(ValueError):
+    """A ``LIVE_*`` variable is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs to run; build it with :meth:`from_env`."""
+
+    secret: str
+    api_key: str
+    api_secret: str
+    data_dir: Path
+    database_url: str
+    redis_url: str | None = None
+    public_url: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8080
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{secrets.token_hex(3)}")
+    history_size: int = 500
+    history_ttl_s: int = 86_400
+    max_event_bytes: int = 4096
+    socket_events_per_s: float = 20.0
+    socket_event_burst: int = 40
+    chat: ChatPolicy = field(default_factory=ChatPolicy)
+    log_level: str = "INFO"
+
+    @property
+    def engine_name(self) -> str:
+        return "redis" if self.redis_url else "memory"
+
+    def base_url(self) -> str:
+        """The URL that links point at: ``LIVE_PUBLIC_URL`` or the bound host and port."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+        """Read ``LIVE_*`` variables from ``env`` (default ``os.environ``); ``overrides`` win."""
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(env.get("LIVE_DATA_DIR", ".live")).resolve()
+        secret = env.get("LIVE_SECRET") or _local_secret(data_dir, "secret")
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ConfigError(f"LIVE_SECRET must be at least {MIN_SECRET_LENGTH} characters")
+        api_key = env.get("LIVE_API_KEY", "admin")
+        api_secret = env.get("LIVE_API_SECRET") or _local_secret(data_dir, "api_secret")
+        redis_url = env.get("LIVE_REDIS_URL") or None
+        if redis_url and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError("LIVE_REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        database_url = normalize_database_url(env.get("LIVE_DATABASE_URL") or f"sqlite:///{data_dir / 'live.db'}")
+        public_url = env.get("LIVE_PUBLIC_URL") or None
+        if public_url and urlsplit(public_url).scheme not in ("http", "https"):
+            raise ConfigError("LIVE_PUBLIC_URL must be an http:// or https:// URL")
+        origins = tuple(o.strip().rstrip("/") for o in env.get("LIVE_ALLOWED_ORIGINS", "").split(",") if o.strip())
+        for origin in origins:
+            if urlsplit(origin).scheme not in ("http", "https") or not urlsplit(origin).netloc:
+                raise ConfigError(f"LIVE_ALLOWED_ORIGINS: {origin!r} is not an origin like https://example.com")
+        values: dict[str, object] = {
+            "secret": secret,
+            "api_key": api_key,
+            "api_secret": api_secret,
+            "data_dir": data_dir,
+            "database_url": database_url,
+            "redis_url": redis_url,
+            "public_url": public_url,
+            "allowed_origins": origins,
+            "host": env.get("LIVE_HOST", "127.0.0.1"),
+            "port": _int(env, "LIVE_PORT", 8080, 1, 65535),
+            "history_size": _int(env, "LIVE_HISTORY_SIZE", 500, 10, 100_000),
+            "history_ttl_s": _int(env, "LIVE_HISTORY_TTL_S", 86_400, 60, 30 * 86_400),
+            "max_event_bytes": _int(env, "LIVE_MAX_EVENT_BYTES", 4096, 256, 65_536),
+            "chat": ChatPolicy(max_chars=_int(env, "LIVE_CHAT_MAX_CHARS", 500, 1, 5000)),
+            "log_level": env.get("LIVE_LOG_LEVEL", "INFO").upper(),
+        }
+        if env.get("LIVE_INSTANCE_ID"):
+            values["instance_id"] = env["LIVE_INSTANCE_ID"]
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def normalize_database_url(url: str) -> str:
+    """Map plain ``sqlite://`` and ``postgresql://`` URLs onto their asyncio drivers."""
+    scheme, _, rest = url.partition("://")
+    if not rest:
+        raise ConfigError("LIVE_DATABASE_URL must look like sqlite:///path or postgresql://user@host/db")
+    base = scheme.split("+", 1)[0]
+    if base == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    if base in ("postgresql", "postgres"):
+        return f"postgresql+asyncpg://{rest}"
+    raise ConfigError(f"LIVE_DATABASE_URL: unsupported database {scheme!r} (use sqlite or postgresql)")
+
+
+def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _local_secret(data_dir: Path, name: str) -> str:
+    """A random secret kept in the data directory, so a local setup needs no configuration.
+
+    Created once with mode 0600; ``serve``, ``token`` and ``demo`` on the same data directory share it.
+    Production deployments set ``LIVE_SECRET`` and ``LIVE_API_SECRET`` instead.
+    """
+    path = data_dir / name
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value

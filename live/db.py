@@ -1,0 +1,93 @@
+"""The SQL database: an async SQLAlchemy engine (SQLite in WAL mode, or PostgreSQL) and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, text
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """Create the async engine; SQLite gets WAL, a busy timeout and foreign keys on every connection."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _sqlite_pragmas(conn: DBAPIConnection, _: ConnectionPoolEntry) -> None:
+            cursor = conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def alembic_config(url: str) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+_MIGRATING = threading.Lock()  # Alembic's `context` is process-global
+
+
+async def migrate(url: str) -> None:
+    """Bring the schema to the newest revision (safe to run from several instances at once: PostgreSQL
+    takes an advisory lock in env.py, SQLite a lock file beside the database)."""
+    await asyncio.to_thread(_upgrade, url)
+
+
+def _upgrade(url: str) -> None:
+    with _MIGRATING, _sqlite_file_lock(url):
+        command.upgrade(alembic_config(url), "head")
+
+
+@contextmanager
+def _sqlite_file_lock(url: str) -> Iterator[None]:
+    path = url.split(":///", 1)[1] if url.startswith("sqlite") and ":///" in url else ""
+    if not path or path == ":memory:":
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.migrate.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+async def database_ok(engine: AsyncEngine) -> bool:
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+    except (SQLAlchemyError, OSError):
+        return False
+
+
+def is_unique_violation(exc: Any) -> bool:
+    """Whether a database error is a unique-key violation, on SQLite or PostgreSQL."""
+    message = str(getattr(exc, "orig", exc)).lower()
+    return "unique" in message or "duplicate key" in message

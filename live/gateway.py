@@ -1,0 +1,278 @@
+"""Socket.IO gateway: authenticates connections, validates every inbound event, calls the room services,
+and delivers room events to the sockets on this instance (it is the follower's ``LocalDelivery``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from live.auth import TokenError, verify_token
+from live.config import Settings
+from live.metrics import Metrics
+from rooms.chat import ChatService
+from rooms.engine import Engine, EngineUnavailable, Publication, now_ms
+from rooms.errors import RoomError, unavailable
+from rooms.follower import RoomFollower
+from rooms.identity import Identity
+from rooms.presence import PresenceKeeper
+from rooms.schemas import ChatDeleteIn, ChatSendIn, EmptyIn, JoinIn, MemberRemoveIn
+from rooms.service import RoomService
+
+log = logging.getLogger(__name__)
+
+_ACK_REQUESTED: ContextVar[bool] = ContextVar("ack_requested", default=False)
+
+
+class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]
+    """Records whether the client asked for an acknowledgement, so that an error for an event sent
+    without one can be reported on the ``error`` event instead of vanishing.
+
+    ``_handle_event_internal`` is python-socketio's private dispatch (pinned range in pyproject.toml);
+    ``tests/test_refusals_have_clear_errors.py`` fails if it stops being called with the ack id."""
+
+    async def _handle_event_internal(  # type: ignore[no-untyped-def]
+        self, server, sid, eio_sid, data, namespace, id
+    ):
+        _ACK_REQUESTED.set(id is not None)
+        return await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+
+
+@dataclass
+class Session:
+    sid: str
+    identity: Identity
+    joined: bool = False
+    tokens: float = 0.0
+    refilled: float = field(default_factory=time.monotonic)
+
+
+Handler = Callable[[Session, Any], Awaitable[dict[str, Any]]]
+
+
+class SocketGateway:
+    """One per app. Owns the per-connection sessions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sio: socketio.AsyncServer,
+        engine: Engine,
+        rooms: RoomService,
+        chat: ChatService,
+        presence: PresenceKeeper,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.sio = sio
+        self.engine = engine
+        self.rooms = rooms
+        self.chat = chat
+        self.presence = presence
+        self.metrics = metrics
+        self.follower = RoomFollower(engine, self, history_limit=settings.history_size)
+        self.sessions: dict[str, Session] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._register()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # registration
+    def _register(self) -> None:
+        self.sio.on("connect", self.on_connect)
+        self.sio.on("disconnect", self.on_disconnect)
+        events: dict[str, tuple[type[BaseModel], Handler, bool]] = {
+            "join": (JoinIn, self._join, False),
+            "chat:send": (ChatSendIn, self._chat_send, True),
+            "chat:delete": (ChatDeleteIn, self._chat_delete, True),
+            "member:remove": (MemberRemoveIn, self._member_remove, True),
+            "room:go_live": (EmptyIn, self._go_live, True),
+            "room:end": (EmptyIn, self._end, True),
+        }
+        for name, (schema, handler, needs_join) in events.items():
+            self.sio.on(name, self._guarded(name, schema, handler, needs_join))
+        self.sio.on("*", self.on_unknown)
+
+    # connection lifecycle
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        token = auth.get("token") if isinstance(auth, dict) else None
+        try:
+            who = verify_token(self.settings.secret, token)
+            await self.rooms.admit(who)
+        except TokenError as exc:
+            self._refuse_connect("unauthorized", str(exc))
+        except RoomError as exc:
+            self._refuse_connect(exc.code, exc.message)
+        except (EngineUnavailable, SQLAlchemyError, OSError):
+            log.exception("connect failed")
+            self._refuse_connect("unavailable", "briefly unavailable, try again")
+        self.sessions[sid] = Session(sid, who, tokens=float(self.settings.socket_event_burst))
+        self.metrics.connections.inc()
+
+    def _refuse_connect(self, code: str, message: str) -> None:
+        self.metrics.connects_refused.labels(code).inc()
+        raise socketio.exceptions.ConnectionRefusedError(message, {"code": code, "message": message})
+
+    async def on_disconnect(self, sid: str, *_: Any) -> None:
+        session = self.sessions.pop(sid, None)
+        if session is None:
+            return
+        self.metrics.connections.dec()
+        if session.joined:
+            room_id = session.identity.room_id
+            await self.presence.leave(sid, session.identity)
+            if self.presence.local_count(room_id) == 0:
+                await self.follower.unfollow(room_id)
+                self.metrics.rooms.set(len(list(self.follower.rooms)))
+
+    async def on_unknown(self, event: str, sid: str, *_: Any) -> Any:
+        self.metrics.events_in.labels("unknown").inc()
+        return self._answer_error(sid, event, RoomError("unknown_event", f"no such event: {event[:64]}"))
+
+    # inbound events: limits, validation and error mapping, then the handler
+    def _guarded(
+        self, event: str, schema: type[BaseModel], handler: Handler, needs_join: bool
+    ) -> Callable[..., Awaitable[Any]]:
+        async def guarded(sid: str, *args: Any) -> Any:
+            self.metrics.events_in.labels(event).inc()
+            try:
+                session = self.sessions.get(sid)
+                if session is None:
+                    raise RoomError("unauthorized", "not connected")
+                self._take_event_token(session)
+                payload = self._payload(args)
+                try:
+                    message = schema.model_validate(payload)
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(p) for p in first["loc"]) or "payload"
+                    raise RoomError("invalid", f"{where}: {first['msg']}") from None
+                if needs_join and not session.joined:
+                    raise RoomError("not_joined", "send 'join' first")
+                return {"ok": True, **await handler(session, message)}
+            except RoomError as exc:
+                return self._answer_error(sid, event, exc)
+            except EngineUnavailable:
+                return self._answer_error(sid, event, unavailable())
+            except (SQLAlchemyError, OSError):
+                log.exception("%s failed", event)
+                return self._answer_error(sid, event, unavailable())
+
+        return guarded
+
+    def _take_event_token(self, session: Session) -> None:
+        now = time.monotonic()
+        rate, burst = self.settings.socket_events_per_s, self.settings.socket_event_burst
+        session.tokens = min(float(burst), session.tokens + (now - session.refilled) * rate)
+        session.refilled = now
+        if session.tokens < 1.0:
+            raise RoomError(
+                "rate_limited", "too many events", retry_after_ms=int((1.0 - session.tokens) / rate * 1000) + 1
+            )
+        session.tokens -= 1.0
+
+    def _payload(self, args: tuple[Any, ...]) -> Any:
+        if len(args) != 1:
+            raise RoomError("invalid", "send exactly one JSON object")
+        payload = args[0]
+        if len(json.dumps(payload, separators=(",", ":"))) > self.settings.max_event_bytes:
+            raise RoomError("too_large", f"payload over {self.settings.max_event_bytes} bytes")
+        if not isinstance(payload, dict):
+            raise RoomError("invalid", "payload must be a JSON object")
+        return payload
+
+    def _answer_error(self, sid: str, event: str, error: RoomError) -> Any:
+        self.metrics.events_rejected.labels(event if event in _KNOWN else "unknown", error.code).inc()
+        if _ACK_REQUESTED.get():
+            return {"ok": False, "error": error.to_dict()}
+        self._spawn(self.sio.emit("error", {**error.to_dict(), "event": event[:64]}, to=sid))
+        return None
+
+    # handlers
+    async def _join(self, session: Session, msg: JoinIn) -> dict[str, Any]:
+        who = session.identity
+        room_id = who.room_id
+        if not session.joined:
+            await self.follower.follow(room_id)
+            self.metrics.rooms.set(len(list(self.follower.rooms)))
+            await self.sio.enter_room(session.sid, room_id)
+            session.joined = True
+            await self.presence.enter(session.sid, who)
+        since = msg.since.position() if msg.since is not None else None
+        history = await self.engine.history(room_id, since, self.settings.history_size)
+        room = await self.rooms.require(room_id)
+        answer: dict[str, Any] = {
+            "recovered": history.recovered,
+            "room": room.to_dict(),
+            "me": who.me(),
+            "position": history.position.to_dict(),
+            "members": await self.engine.presence_members(room_id, 200),
+            "head_count": await self.presence.count(room_id),
+        }
+        if history.recovered:
+            answer["events"] = [p.wire() for p in history.publications]
+        else:
+            answer["chat"] = await self.chat.recent(room_id, history)
+        return answer
+
+    async def _chat_send(self, session: Session, msg: ChatSendIn) -> dict[str, Any]:
+        return {"message": await self.chat.send(session.identity, msg.text)}
+
+    async def _chat_delete(self, session: Session, msg: ChatDeleteIn) -> dict[str, Any]:
+        await self.chat.delete(session.identity, msg.id)
+        return {}
+
+    async def _member_remove(self, session: Session, msg: MemberRemoveIn) -> dict[str, Any]:
+        await self.rooms.remove_member(session.identity, msg.user_id, msg.reason)
+        return {}
+
+    async def _go_live(self, session: Session, _: EmptyIn) -> dict[str, Any]:
+        return {"room": (await self.rooms.go_live(session.identity.room_id, actor=session.identity)).to_dict()}
+
+    async def _end(self, session: Session, _: EmptyIn) -> dict[str, Any]:
+        return {"room": (await self.rooms.end(session.identity.room_id, actor=session.identity)).to_dict()}
+
+    # LocalDelivery: called by the follower in offset order
+    async def deliver(self, pub: Publication) -> None:
+        room_id = pub.room_id
+        self.metrics.publications.labels(pub.type).inc()
+        self.metrics.delivery_latency.observe(max(0, now_ms() - pub.ts) / 1000)
+        self.metrics.deliveries.inc(self.presence.local_count(room_id))
+        await self.sio.emit("room:event", pub.wire(), room=room_id)
+        if pub.type == "member.removed":
+            sids = self.presence.local_sids(room_id, pub.data.get("user_id"))
+            await self._close(sids, "removed", {"reason": pub.data.get("reason", "")})
+        elif pub.type == "room.status" and pub.data.get("status") == "ended":
+            await self._close(self.presence.local_sids(room_id), None, {})
+
+    async def deliver_ephemeral(self, room_id: str, event: str, data: dict[str, Any]) -> None:
+        await self.sio.emit(event, data, room=room_id)
+
+    async def reload(self, room_id: str, reason: str) -> None:
+        self.metrics.reloads.inc()
+        await self.sio.emit("room:reload", {"reason": reason}, room=room_id)
+
+    async def _close(self, sids: list[str], event: str | None, data: dict[str, Any]) -> None:
+        for sid in sids:
+            if event is not None:
+                await self.sio.emit(event, data, to=sid)
+            # Not awaited here: disconnect handlers touch presence, and the follower holds the room lock.
+            self._spawn(self.sio.disconnect(sid))
+
+    async def emit_count(self, room_id: str, count: int) -> None:
+        await self.sio.emit("presence:count", {"count": count}, room=room_id)
+
+
+_KNOWN = {"join", "chat:send", "chat:delete", "member:remove", "room:go_live", "room:end"}

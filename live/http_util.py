@@ -1,0 +1,72 @@
+"""Shared HTTP plumbing: one JSON error shape for every route, strict JSON bodies, security headers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from rooms.engine import EngineUnavailable
+from rooms.errors import RoomError
+
+log = logging.getLogger(__name__)
+
+Model = TypeVar("Model", bound=BaseModel)
+
+STATUS_OF_CODE = {
+    "invalid": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "room_not_found": 404,
+    "conflict": 409,
+    "room_ended": 409,
+    "too_large": 413,
+    "rate_limited": 429,
+    "unavailable": 503,
+}
+
+# The pages load only their own scripts and styles; user text can never become markup or script.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: https:; "
+    "media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'"
+)
+
+
+def error_response(code: str, message: str, **extra: Any) -> web.Response:
+    body = {"error": {"code": code, "message": message, **extra}}
+    return web.json_response(body, status=STATUS_OF_CODE.get(code, 400))
+
+
+@web.middleware
+async def errors_and_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        response = await handler(request)
+    except RoomError as exc:
+        response = error_response(exc.code, exc.message, **exc.extra)
+    except web.HTTPRequestEntityTooLarge:
+        response = error_response("too_large", "request body too large")
+    except (EngineUnavailable, SQLAlchemyError, OSError):
+        log.exception("%s %s failed", request.method, request.path)
+        response = error_response("unavailable", "briefly unavailable; nothing was changed, try again")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if response.content_type == "text/html":
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    return response
+
+
+async def read_json(request: web.Request, model: type[Model]) -> Model:
+    """Parse and validate a JSON body; bad input is a ``RoomError('invalid')``, nothing changes."""
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise RoomError("invalid", f"{where}: {first['msg']}") from None

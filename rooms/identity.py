@@ -1,0 +1,71 @@
+"""Who is acting: the user, role and grants that a verified join token carries."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class Role(StrEnum):
+    TEACHER = "teacher"
+    ASSISTANT = "assistant"
+    STUDENT = "student"
+
+    @property
+    def is_staff(self) -> bool:
+        return self is not Role.STUDENT
+
+
+@dataclass(frozen=True)
+class Grants:
+    """What a token allows. Every field defaults to ``False``: deny by default."""
+
+    publish: bool = False
+    chat: bool = False
+    ask: bool = False
+    gift: bool = False
+    buy: bool = False
+    room_admin: bool = False
+
+    @classmethod
+    def for_role(cls, role: Role) -> Grants:
+        """The grants a host usually gives a role; tokens carry them explicitly."""
+        if role is Role.TEACHER:
+            return cls(publish=True, chat=True, ask=True, room_admin=True)
+        if role is Role.ASSISTANT:
+            return cls(chat=True, ask=True, room_admin=True)
+        return cls(chat=True, ask=True, gift=True, buy=True)
+
+    @classmethod
+    def from_claim(cls, claim: Any) -> Grants:
+        """Read a ``grants`` claim; anything but literal ``true`` is a denial."""
+        if not isinstance(claim, dict):
+            return cls()
+        return cls(**{name: claim.get(name) is True for name in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, bool]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified participant of exactly one room."""
+
+    user_id: str
+    name: str
+    room_id: str
+    role: Role
+    grants: Grants
+    minor: bool = False
+
+    @property
+    def is_staff(self) -> bool:
+        """Staff actions need the ``room_admin`` grant, whatever the role says."""
+        return self.grants.room_admin
+
+    def member(self) -> dict[str, str]:
+        return {"user_id": self.user_id, "name": self.name, "role": self.role.value}
+
+    def me(self) -> dict[str, Any]:
+        return {**self.member(), "grants": self.grants.to_dict()}

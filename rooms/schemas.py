@@ -1,0 +1,47 @@
+"""Wire schemas of the room events that clients send (docs/protocol.md, "Client to server")."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from rooms.engine import StreamPosition
+
+UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")]
+
+
+class Inbound(BaseModel):
+    """Strict: unknown fields and wrong types are errors, nothing is coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SinceIn(Inbound):
+    epoch: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    offset: Annotated[int, Field(ge=0)]
+
+    def position(self) -> StreamPosition:
+        return StreamPosition(self.epoch, self.offset)
+
+
+class JoinIn(Inbound):
+    since: SinceIn | None = None
+
+
+class ChatSendIn(Inbound):
+    # The length rule (after trimming) is the chat service's, so the limit stays configurable.
+    text: Annotated[str, StringConstraints(max_length=20_000)]
+
+
+class ChatDeleteIn(Inbound):
+    id: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+
+class MemberRemoveIn(Inbound):
+    user_id: UserId
+    reason: Annotated[str, StringConstraints(max_length=200)] = ""
+
+
+class EmptyIn(Inbound):
+    pass

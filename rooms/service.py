@@ -1,0 +1,190 @@
+"""Rooms: create, schedule, go live, end; bans. SQL is the record, the room bus tells every instance."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from rooms import tables
+from rooms.engine import Engine, EngineUnavailable, now_ms
+from rooms.errors import RoomError, forbidden, unavailable
+from rooms.identity import Identity
+
+ROOM_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
+
+
+class RoomStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    LIVE = "live"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class Room:
+    id: str
+    title: str
+    status: RoomStatus
+    created_at: int
+    scheduled_at: int | None = None
+    started_at: int | None = None
+    ended_at: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status.value}
+
+    @classmethod
+    def from_row(cls, row: Any) -> Room:
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            title=m["title"],
+            status=RoomStatus(m["status"]),
+            created_at=m["created_at"],
+            scheduled_at=m["scheduled_at"],
+            started_at=m["started_at"],
+            ended_at=m["ended_at"],
+        )
+
+
+class RoomService:
+    """Room lifecycle and bans; every change that members must see is published on the room bus."""
+
+    def __init__(self, db: AsyncEngine, engine: Engine) -> None:
+        self.db = db
+        self.engine = engine
+
+    async def create(self, title: str, room_id: str | None = None, scheduled_at: int | None = None) -> Room:
+        title = title.strip()
+        if not 1 <= len(title) <= 200:
+            raise RoomError("invalid", "title must be 1-200 characters")
+        if room_id is None:
+            room_id = secrets.token_hex(5)
+        elif not ROOM_ID_RE.match(room_id):
+            raise RoomError(
+                "invalid", "id must be 3-64 characters of a-z, 0-9 and '-', starting with a letter or digit"
+            )
+        if scheduled_at is not None and not 0 <= scheduled_at < 2**53:
+            raise RoomError("invalid", "scheduled_at must be a time in milliseconds since the epoch")
+        room = Room(room_id, title, RoomStatus.SCHEDULED, now_ms(), scheduled_at=scheduled_at)
+        try:
+            async with self.db.begin() as conn:
+                await conn.execute(insert(tables.rooms).values(**room.to_dict()))
+        except IntegrityError:
+            raise RoomError("conflict", f"room {room_id!r} already exists") from None
+        return room
+
+    async def get(self, room_id: str) -> Room | None:
+        async with self.db.connect() as conn:
+            row = (await conn.execute(select(tables.rooms).where(tables.rooms.c.id == room_id))).first()
+        return Room.from_row(row) if row is not None else None
+
+    async def require(self, room_id: str) -> Room:
+        room = await self.get(room_id)
+        if room is None:
+            raise RoomError("not_found", f"no room {room_id!r}")
+        return room
+
+    async def list(self, status: RoomStatus | None = None, limit: int = 500) -> list[Room]:
+        query = select(tables.rooms).order_by(tables.rooms.c.created_at.desc()).limit(limit)
+        if status is not None:
+            query = query.where(tables.rooms.c.status == status.value)
+        async with self.db.connect() as conn:
+            return [Room.from_row(r) for r in await conn.execute(query)]
+
+    async def admit(self, identity: Identity) -> Room:
+        """The room a token opens. Staff tokens create a missing room, as LiveKit auto-creates rooms."""
+        room = await self.get(identity.room_id)
+        if room is None:
+            if not identity.is_staff:
+                raise RoomError("room_not_found", "this room does not exist")
+            try:
+                room = await self.create(identity.room_id, room_id=identity.room_id)
+            except RoomError as exc:
+                if exc.code != "conflict":
+                    raise
+                room = await self.require(identity.room_id)
+        if room.status is RoomStatus.ENDED:
+            raise RoomError("room_ended", "this lesson has ended")
+        if await self.is_banned(room.id, identity.user_id):
+            raise RoomError("banned", "you were removed from this room")
+        return room
+
+    async def go_live(self, room_id: str, actor: Identity | None = None) -> Room:
+        """Start the lesson; ``actor`` is the staff member asking, ``None`` for the admin API."""
+        _require_staff(actor, "starting the lesson")
+        return await self._transition(room_id, RoomStatus.LIVE)
+
+    async def end(self, room_id: str, actor: Identity | None = None) -> Room:
+        """End the lesson: every connection in the room, on every instance, is closed."""
+        _require_staff(actor, "ending the lesson")
+        return await self._transition(room_id, RoomStatus.ENDED)
+
+    async def _transition(self, room_id: str, status: RoomStatus) -> Room:
+        room = await self.require(room_id)
+        if room.status is RoomStatus.ENDED:
+            raise RoomError("room_ended", "this lesson has ended")
+        if room.status is status:
+            return room
+        now = now_ms()
+        changes: dict[str, Any] = {"status": status.value}
+        changes["started_at" if status is RoomStatus.LIVE else "ended_at"] = now
+        async with self.db.begin() as conn:
+            result = await conn.execute(
+                update(tables.rooms)
+                .where(tables.rooms.c.id == room_id, tables.rooms.c.status == room.status.value)
+                .values(**changes)
+            )
+        updated = await self.require(room_id)
+        if result.rowcount == 1:
+            await self._announce(room_id, "room.status", updated.to_dict())
+        return updated
+
+    async def is_banned(self, room_id: str, user_id: str) -> bool:
+        async with self.db.connect() as conn:
+            row = await conn.execute(
+                select(tables.room_bans.c.user_id).where(
+                    tables.room_bans.c.room_id == room_id, tables.room_bans.c.user_id == user_id
+                )
+            )
+            return row.first() is not None
+
+    async def remove_member(self, staff: Identity, user_id: str, reason: str) -> None:
+        """Ban ``user_id`` from the staff member's room and disconnect them on every instance."""
+        _require_staff(staff, "removing members")
+        if user_id == staff.user_id:
+            raise RoomError("invalid", "you cannot remove yourself")
+        reason = reason.strip() or "removed by staff"
+        try:
+            async with self.db.begin() as conn:
+                await conn.execute(
+                    insert(tables.room_bans).values(
+                        room_id=staff.room_id,
+                        user_id=user_id,
+                        reason=reason,
+                        by_user=staff.user_id,
+                        created_at=now_ms(),
+                    )
+                )
+        except IntegrityError:
+            pass  # already banned: still tell every instance, a connection may have slipped in
+        await self._announce(
+            staff.room_id, "member.removed", {"user_id": user_id, "reason": reason, "by": staff.user_id}
+        )
+
+    async def _announce(self, room_id: str, type: str, data: dict[str, Any]) -> None:
+        try:
+            await self.engine.publish(room_id, type, data)
+        except EngineUnavailable:
+            raise unavailable() from None
+
+
+def _require_staff(actor: Identity | None, what: str) -> None:
+    if actor is not None and not actor.is_staff:
+        raise forbidden(what)

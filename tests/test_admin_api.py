@@ -1,0 +1,122 @@
+"""The admin API: Basic auth with the API key and secret, strict bodies, rooms and tokens, and an OpenAPI
+document that names every route."""
+
+from __future__ import annotations
+
+import base64
+
+import aiohttp
+import pytest
+import yaml
+
+from live.app import Services, create_app
+from tests.conftest import AppFactory
+from tests.support import Member, wait_until
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+AUTH = basic("test", "test-api-secret")
+
+
+@pytest.fixture
+async def api(start_app: AppFactory) -> tuple[str, Services]:
+    return await start_app()
+
+
+async def test_wrong_or_missing_credentials_are_refused(api: tuple[str, Services]) -> None:
+    url, services = api
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, basic("test", "wrong"), basic("other", "test-api-secret")):
+            async with http.post(f"{url}/api/rooms", json={"title": "x"}, headers=headers) as r:
+                assert r.status == 401
+                assert (await r.json())["error"]["code"] == "unauthorized"
+        async with http.post(f"{url}/api/rooms", json={"title": "x"}, headers={"Authorization": "Bearer abc"}) as r:
+            assert r.status == 401
+    assert await services.rooms.list() == []
+
+
+async def test_room_lifecycle_and_tokens(api: tuple[str, Services]) -> None:
+    url, _ = api
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        async with http.post(f"{url}/api/rooms", json={"title": "Chemistry 101", "id": "chem-101"}) as r:
+            assert r.status == 201
+            room = await r.json()
+            assert room["status"] == "scheduled" and room["id"] == "chem-101"
+        async with http.post(f"{url}/api/rooms", json={"title": "Again", "id": "chem-101"}) as r:
+            assert r.status == 409 and (await r.json())["error"]["code"] == "conflict"
+        async with http.post(f"{url}/api/rooms/chem-101/live") as r:
+            assert r.status == 200 and (await r.json())["status"] == "live"
+        async with http.get(f"{url}/api/rooms", params={"status": "live"}) as r:
+            assert [x["id"] for x in (await r.json())["rooms"]] == ["chem-101"]
+        async with http.post(
+            f"{url}/api/rooms/chem-101/tokens", json={"user_id": "u1", "name": "Ana", "role": "student"}
+        ) as r:
+            minted = await r.json()
+            assert r.status == 200 and minted["url"].endswith(f"/room#token={minted['token']}")
+        async with http.post(
+            f"{url}/api/rooms/chem-101/tokens", json={"user_id": "t1", "name": "Tess", "role": "teacher"}
+        ) as r:
+            assert "/studio#token=" in (await r.json())["url"]
+
+        student = Member(url, minted["token"])
+        await student.connect()
+        snapshot = await student.join()
+        assert snapshot["me"]["grants"]["room_admin"] is False and snapshot["me"]["name"] == "Ana"
+        async with http.get(f"{url}/api/rooms/chem-101") as r:
+            assert (await r.json())["head_count"] == 1
+
+        async with http.post(f"{url}/api/rooms/chem-101/end") as r:
+            assert r.status == 200 and (await r.json())["status"] == "ended"
+        await wait_until(lambda: not student.sio.connected, what="student disconnected when the room ended")
+        async with http.post(f"{url}/api/rooms/chem-101/live") as r:
+            assert r.status == 409 and (await r.json())["error"]["code"] == "room_ended"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/api/rooms", {}, 400, "invalid"),
+        ("/api/rooms", {"title": ""}, 400, "invalid"),
+        ("/api/rooms", {"title": "ok", "id": "Bad Id!"}, 400, "invalid"),
+        ("/api/rooms", {"title": "ok", "surprise": 1}, 400, "invalid"),
+        ("/api/rooms", {"title": 42}, 400, "invalid"),
+        ("/api/rooms", "not json", 400, "invalid"),
+        ("/api/rooms", {"title": "x" * 70_000}, 413, "too_large"),
+        ("/api/rooms/missing/tokens", {"user_id": "u", "name": "n", "role": "student"}, 404, "not_found"),
+        ("/api/rooms/known/tokens", {"user_id": "u", "name": "n", "role": "king"}, 400, "invalid"),
+        ("/api/rooms/known/tokens", {"user_id": "u u", "name": "n", "role": "student"}, 400, "invalid"),
+        ("/api/rooms/known/tokens", {"user_id": "u", "name": "n", "role": "student", "ttl_s": 10**9}, 400, "invalid"),
+        ("/api/rooms/missing/end", None, 404, "not_found"),
+    ],
+)
+async def test_bad_requests_get_clear_errors_and_change_nothing(
+    api: tuple[str, Services], path: str, body: object, status: int, code: str
+) -> None:
+    url, services = api
+    await services.rooms.create("Known", room_id="known")
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        kwargs = {"data": body} if isinstance(body, str) else {"json": body}
+        async with http.post(f"{url}{path}", **kwargs) as r:
+            assert r.status == status
+            assert (await r.json())["error"]["code"] == code
+    assert [r.id for r in await services.rooms.list()] == ["known"]
+
+
+async def test_openapi_document_names_every_admin_route(api: tuple[str, Services]) -> None:
+    url, services = api
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/api/openapi.yaml") as r:
+        assert r.status == 200
+        doc = yaml.safe_load(await r.text())
+    documented = {
+        (path, method.upper()) for path, ops in doc["paths"].items() for method in ops if method != "parameters"
+    }
+    routes = set()
+    for route in create_app(services.settings).router.routes():  # built, never started
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter")
+        if path and path.startswith("/api/") and route.method != "HEAD":
+            routes.add((path, route.method))
+    assert routes and routes == documented

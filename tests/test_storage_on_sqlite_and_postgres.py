@@ -1,0 +1,74 @@
+"""The SQL layer behaves the same on SQLite and PostgreSQL: migrations (also two instances migrating at
+once), rooms and their transitions, bans, and the chat transcript written behind."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import text
+
+from live.config import normalize_database_url
+from live.db import create_engine, migrate
+from rooms.chat import ChatTranscript
+from rooms.engine_memory import MemoryEngine
+from rooms.errors import RoomError
+from rooms.identity import Grants, Identity, Role
+from rooms.service import RoomService, RoomStatus
+
+
+async def test_rooms_bans_and_transcript(db_url: str) -> None:
+    url = normalize_database_url(db_url)
+    await asyncio.gather(migrate(url), migrate(url))  # instances starting together
+    await migrate(url)  # and again: nothing to do
+    db = create_engine(url)
+    engine = MemoryEngine()
+    rooms = RoomService(db, engine)
+    try:
+        room = await rooms.create("Biology", room_id="bio-1", scheduled_at=1_900_000_000_000)
+        assert room.status is RoomStatus.SCHEDULED
+        with pytest.raises(RoomError) as dup:
+            await rooms.create("Biology again", room_id="bio-1")
+        assert dup.value.code == "conflict"
+        with pytest.raises(RoomError) as bad:
+            await rooms.create("  ", room_id="bio-2")
+        assert bad.value.code == "invalid"
+
+        live = await rooms.go_live("bio-1")
+        assert live.status is RoomStatus.LIVE and live.started_at is not None
+        assert (await rooms.go_live("bio-1")).started_at == live.started_at, "going live twice changes nothing"
+
+        teacher = Identity("t1", "T", "bio-1", Role.TEACHER, Grants.for_role(Role.TEACHER))
+        await rooms.remove_member(teacher, "s9", "spam")
+        await rooms.remove_member(teacher, "s9", "spam again")  # idempotent
+        assert await rooms.is_banned("bio-1", "s9") and not await rooms.is_banned("bio-1", "s1")
+        with pytest.raises(RoomError) as banned:
+            await rooms.admit(Identity("s9", "S", "bio-1", Role.STUDENT, Grants.for_role(Role.STUDENT)))
+        assert banned.value.code == "banned"
+
+        transcript = ChatTranscript(db)
+        for i in range(3):
+            transcript.add(
+                "bio-1",
+                {"id": f"m{i}", "user_id": "t1", "name": "T", "role": "teacher", "text": f"hello {i}", "ts": 1000 + i},
+            )
+        assert await transcript.exists("bio-1", "m2"), "unflushed messages are found too"
+        await transcript.flush()
+        transcript.delete("m1", "t1")
+        await transcript.flush()
+        assert [m["text"] for m in await transcript.recent("bio-1", 10)] == ["hello 0", "hello 2"]
+        assert [m["id"] for m in await transcript.recent("bio-1", 1)] == ["m2"]
+
+        ended = await rooms.end("bio-1")
+        assert ended.status is RoomStatus.ENDED
+        with pytest.raises(RoomError) as after:
+            await rooms.go_live("bio-1")
+        assert after.value.code == "room_ended"
+        assert [r.id for r in await rooms.list(RoomStatus.ENDED)] == ["bio-1"]
+
+        # The database itself refuses a status the code does not know.
+        with pytest.raises(Exception, match=r"(?i)check"):
+            async with db.begin() as conn:
+                await conn.execute(text("UPDATE rooms SET status = 'paused' WHERE id = 'bio-1'"))
+    finally:
+        await db.dispose()

@@ -1,0 +1,120 @@
+"""Two server processes on one redis-server and PostgreSQL: chat crosses instances in order, head count
+agrees on both, and staff actions reach members on the other instance."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from rooms.identity import Role
+from tests.support import Member, RedisServer, ServerProcess, token, wait_until
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def two_instances(
+    tmp_path: Path, redis_url: str, pg_url: str
+) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
+    env = {"LIVE_REDIS_URL": redis_url, "LIVE_DATABASE_URL": pg_url}
+    a = ServerProcess(tmp_path / "a", {**env, "LIVE_INSTANCE_ID": "a"})
+    b = ServerProcess(tmp_path / "b", {**env, "LIVE_INSTANCE_ID": "b"})
+    try:
+        await a.start()
+        await b.start()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def test_teacher_and_students_on_different_instances_chat_in_order(
+    two_instances: tuple[ServerProcess, ServerProcess], redis_server: RedisServer
+) -> None:
+    a, b = two_instances
+    teacher = Member(a.url, token("maths", "t1", Role.TEACHER))
+    students = [Member(b.url, token("maths", f"s{i}")) for i in range(3)]
+    members = [teacher, *students]
+    try:
+        await teacher.connect()
+        await teacher.join()
+        for s in students:
+            await s.connect()
+            await s.join()
+
+        sent: list[str] = []
+        for i in range(20):
+            sender = members[i % len(members)]
+            text = f"message {i} from {sender.jwt[-6:]}"
+            ack = await sender.call("chat:send", {"text": text})
+            assert ack["ok"], ack
+            sent.append(text)
+
+        for m in members:
+            await wait_until(lambda m=m: len(m.chat_texts()) == len(sent), what="all messages on every member")
+            assert m.chat_texts() == sent, "every member sees every message, in the order they were acknowledged"
+            offsets = [e["offset"] for e in m.events]
+            assert offsets == sorted(set(offsets)), "no duplicates, offsets rising"
+
+        # Head count is the same number on both instances: 4 unique users.
+        for m in members:
+            await wait_until(lambda m=m: bool(m.counts) and m.counts[-1] == 4, what="head count 4")
+        assert (await a.readyz())[1]["ready"] and (await b.readyz())[1]["ready"]
+
+        # A late student on instance A gets the recent history in its join snapshot.
+        late = Member(a.url, token("maths", "late"))
+        members.append(late)
+        await late.connect()
+        snapshot = await late.join()
+        assert [m["text"] for m in snapshot["chat"]] == sent
+        assert snapshot["head_count"] == 5
+    finally:
+        for m in members:
+            await m.close()
+
+
+async def test_student_removed_by_staff_on_other_instance_is_disconnected_and_stays_out(
+    two_instances: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = two_instances
+    teacher = Member(a.url, token("history", "t1", Role.TEACHER))
+    rowdy = Member(b.url, token("history", "rowdy"))
+    calm = Member(b.url, token("history", "calm"))
+    try:
+        for m in (teacher, rowdy, calm):
+            await m.connect()
+            await m.join()
+        ack = await teacher.call("member:remove", {"user_id": "rowdy", "reason": "spam"})
+        assert ack == {"ok": True}
+        await wait_until(lambda: not rowdy.sio.connected, what="removed student disconnected on instance B")
+        assert ("removed", {"reason": "spam"}) in rowdy.other
+        assert calm.sio.connected
+        await wait_until(lambda: any(e["type"] == "member.removed" for e in calm.events), what="others told")
+
+        refusal = await Member(b.url, token("history", "rowdy")).refused()
+        assert refusal["code"] == "banned"
+    finally:
+        for m in (teacher, rowdy, calm):
+            await m.close()
+
+
+async def test_ending_the_room_closes_connections_on_every_instance(
+    two_instances: tuple[ServerProcess, ServerProcess],
+) -> None:
+    a, b = two_instances
+    teacher = Member(a.url, token("physics", "t1", Role.TEACHER))
+    student = Member(b.url, token("physics", "s1"))
+    try:
+        for m in (teacher, student):
+            await m.connect()
+            await m.join()
+        ack = await teacher.call("room:end", {})
+        assert ack["ok"] and ack["room"]["status"] == "ended"
+        await wait_until(lambda: not student.sio.connected and not teacher.sio.connected, what="everyone closed")
+        assert any(e["type"] == "room.status" and e["data"]["status"] == "ended" for e in student.events)
+        assert (await Member(b.url, token("physics", "s2")).refused())["code"] == "room_ended"
+    finally:
+        for m in (teacher, student):
+            await m.close()
