@@ -11,7 +11,7 @@ from live.config import Settings
 from live.http_util import error_response, read_json
 from live.schemas import RoomCreateIn, TokenIn
 from rooms.errors import RoomError
-from rooms.identity import Grants, Role
+from rooms.identity import Grants
 from rooms.presence import PresenceKeeper
 from rooms.service import RoomService, RoomStatus
 
@@ -85,10 +85,5 @@ class AdminApi:
             ttl_s=body.ttl_s,
             minor=body.minor,
         )
-        return web.json_response({"token": token, "url": page_link(self.settings, body.role, token)})
+        return web.json_response({"token": token, "url": self.settings.page_link(body.role, token)})
 
-
-def page_link(settings: Settings, role: Role, token: str) -> str:
-    """The page a token opens: the studio for staff roles, the room for students."""
-    page = "studio" if role.is_staff else "room"
-    return f"{settings.base_url()}/{page}#token={token}"

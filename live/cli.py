@@ -8,13 +8,10 @@ from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
-from live.admin_api import page_link
-from live.app import SERVICES, create_app
 from live.auth import DEFAULT_TTL_S, MAX_TTL_S, mint_token
 from live.config import ConfigError, Settings
 from live.logs import configure_logging
 from rooms.identity import Role
-from rooms.service import RoomStatus
 
 DEMO_ROOM = "demo"
 
@@ -48,6 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return _token(settings, args)
+    from live.app import create_app  # the server's imports are heavy; `token` does not need them
+
     configure_logging(settings.log_level, settings.instance_id)
     app = create_app(settings)
     if args.command == "demo":
@@ -65,11 +64,14 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"live-classroom token: {exc}", file=sys.stderr)
         return 2
-    print(page_link(settings, role, value) if args.link else value)
+    print(settings.page_link(role, value) if args.link else value)
     return 0
 
 
 def _demo_room(settings: Settings):  # type: ignore[no-untyped-def]
+    from live.app import SERVICES
+    from rooms.service import RoomStatus
+
     async def demo_room(app: web.Application) -> AsyncIterator[None]:
         rooms = app[SERVICES].rooms
         room_id = DEMO_ROOM
@@ -86,8 +88,8 @@ def _demo_room(settings: Settings):  # type: ignore[no-untyped-def]
         student = mint_token(settings.secret, room_id=room_id, user_id="student-1", name="Student", role=Role.STUDENT)
         engine, data = settings.engine_name, settings.data_dir
         print(f"\nlive-classroom demo is running ({engine} engine, data in {data})\n", flush=True)
-        print(f"  teacher studio: {page_link(settings, Role.TEACHER, teacher)}", flush=True)
-        print(f"  student room:   {page_link(settings, Role.STUDENT, student)}\n", flush=True)
+        print(f"  teacher studio: {settings.page_link(Role.TEACHER, teacher)}", flush=True)
+        print(f"  student room:   {settings.page_link(Role.STUDENT, student)}\n", flush=True)
         print(
             f"  More students: live-classroom token --room {room_id} --user s2 --name Ana --role student --link\n",
             flush=True,

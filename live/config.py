@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from rooms.chat import ChatPolicy
+from rooms.identity import Role
+from rooms.policy import ChatPolicy
 
 MIN_SECRET_LENGTH = 32
 
@@ -55,6 +56,11 @@ class Settings:
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{host}:{self.port}"
+
+    def page_link(self, role: Role, token: str) -> str:
+        """The page a token opens: the studio for staff roles, the room for students."""
+        page = "studio" if role.is_staff else "room"
+        return f"{self.base_url()}/{page}#token={token}"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: object) -> Settings:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -17,16 +16,9 @@ from rooms import tables
 from rooms.engine import Engine, EngineUnavailable, History, now_ms
 from rooms.errors import RoomError, forbidden, rate_limited, unavailable
 from rooms.identity import Identity
+from rooms.policy import ChatPolicy
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ChatPolicy:
-    max_chars: int = 500
-    student_capacity: int = 20
-    staff_capacity: int = 100
-    window_s: float = 30.0
 
 
 class ChatTranscript:

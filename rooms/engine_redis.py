@@ -58,11 +58,11 @@ local epoch = redis.call('hget', KEYS[2], 'e')
 local top = tonumber(redis.call('hget', KEYS[2], 's') or '0')
 local since = tonumber(ARGV[2])
 local limit = tonumber(ARGV[4])
-if limit <= 0 then return {epoch, top, 0, {}} end
 if since >= 0 and ARGV[3] == epoch and since <= top and top - since <= limit then
   if since == top then return {epoch, top, 1, {}} end
   return {epoch, top, 1, redis.call('xrange', KEYS[1], (since + 1) .. '-0', '+', 'COUNT', limit)}
 end
+if limit <= 0 then return {epoch, top, 0, {}} end
 return {epoch, top, 0, redis.call('xrevrange', KEYS[1], '+', '-', 'COUNT', limit)}
 """
 
@@ -156,6 +156,16 @@ class RedisEngine(Engine):
             retry_on_error=[RedisConnectionError],
             decode_responses=True,
         )
+        # The subscriber must never reconnect behind our back: messages published meanwhile would be lost
+        # without `on_resync` being called. So its client does not retry; the reader loop reconnects.
+        self._subscriber = aioredis.from_url(
+            url,
+            socket_connect_timeout=1.0,
+            health_check_interval=5,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_error=[],
+            decode_responses=True,
+        )
         self._publish = self.redis.register_script(PUBLISH_LUA)
         self._history = self.redis.register_script(HISTORY_LUA)
         self._presence_add = self.redis.register_script(PRESENCE_ADD_LUA)
@@ -192,6 +202,8 @@ class RedisEngine(Engine):
                 await self._reader
         with contextlib.suppress(Exception):
             await self.redis.aclose()
+        with contextlib.suppress(Exception):
+            await self._subscriber.aclose()
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -260,7 +272,7 @@ class RedisEngine(Engine):
             return
         pubsub = self._pubsub
         channel = self._channel(room_id)
-        if pubsub is None or channel in pubsub.channels:
+        if pubsub is None or (channel in pubsub.channels and channel not in pubsub.pending_unsubscribe_channels):
             return  # the reader subscribed it, confirmed, when it (re)connected
         confirmed = asyncio.get_running_loop().create_future()
         self._confirmations[channel] = confirmed
@@ -284,7 +296,7 @@ class RedisEngine(Engine):
     async def _read_forever(self) -> None:
         backoff = 0.05
         while not self._closing:
-            pubsub = self.redis.pubsub()
+            pubsub = self._subscriber.pubsub()
             try:
                 # A private channel keeps the connection subscribed (and checked) with no rooms followed.
                 channels = {f"{self.prefix}:_instance:{secrets.token_hex(6)}"}

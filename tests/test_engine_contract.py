@@ -36,8 +36,19 @@ class RecordingListener:
     publications: list[Publication] = field(default_factory=list)
     ephemerals: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     resyncs: int = 0
+    #: room -> (set when a publication of the room is being handled, set by the test to let it finish)
+    holds: dict[str, tuple[asyncio.Event, asyncio.Event]] = field(default_factory=dict)
+
+    def hold(self, room_id: str) -> tuple[asyncio.Event, asyncio.Event]:
+        """Make the next publication of ``room_id`` block the listener until the test releases it."""
+        self.holds[room_id] = (asyncio.Event(), asyncio.Event())
+        return self.holds[room_id]
 
     async def on_publication(self, pub: Publication) -> None:
+        held = self.holds.pop(pub.room_id, None)
+        if held is not None:
+            held[0].set()
+            await held[1].wait()
         self.publications.append(pub)
 
     async def on_ephemeral(self, room_id: str, event: str, data: dict[str, Any]) -> None:
@@ -220,7 +231,7 @@ async def test_history_with_more_missing_than_the_limit_is_not_recovered(engine:
 
 async def test_history_is_bounded_and_recovery_refuses_past_trimmed_entries(engine: Engine) -> None:
     room = new_room()
-    published = 3 * (HISTORY_SIZE + REDIS_STREAM_NODE_ENTRIES)
+    published = 3 * (HISTORY_SIZE + REDIS_STREAM_NODE_ENTRIES)  # enough that Redis too must drop old entries
     pubs = await publish_n(engine, room, published)
     epoch = pubs[0].epoch
 
@@ -283,6 +294,31 @@ async def test_unfollowed_rooms_do_not_reach_the_listener(engine: Engine, listen
     assert listener.in_room(followed)[0].data == sentinel.data
     assert listener.in_room(never_followed) == []
     assert listener.in_room(left) == [], "unfollow stops delivery"
+
+
+async def test_following_again_right_after_unfollow_receives_publications(
+    engine: Engine, listener: RecordingListener
+) -> None:
+    """The last local member leaves and another joins at once (a page reload) while the listener is busy
+    with another room's publication (a slow delivery, a catch-up): the room must end up followed."""
+    room, busy = new_room(), new_room()
+    await engine.follow(room)
+    await engine.follow(busy)
+    entered, release = listener.hold(busy)
+    held = asyncio.create_task(engine.publish(busy, "chat.message", {"n": "slow"}))
+    try:
+        await asyncio.wait_for(entered.wait(), DELIVERY_TIMEOUT_S)
+        await engine.unfollow(room)
+        refollow = asyncio.create_task(engine.follow(room))
+        await asyncio.sleep(0.1)  # follow() does its part while the listener is still busy
+    finally:
+        release.set()
+        await held
+    await asyncio.wait_for(refollow, DELIVERY_TIMEOUT_S)
+
+    pub = await engine.publish(room, "chat.message", {"n": 1})
+    await wait_until(lambda: bool(listener.in_room(room)), DELIVERY_TIMEOUT_S, "the publication")
+    assert listener.in_room(room)[0].data == pub.data
 
 
 async def test_publication_right_after_follow_on_a_just_started_engine_is_delivered(

@@ -118,3 +118,31 @@ async def test_ending_the_room_closes_connections_on_every_instance(
     finally:
         for m in (teacher, student):
             await m.close()
+
+
+async def test_staff_delete_removes_a_message_everywhere(two_instances: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = two_instances
+    assistant = Member(a.url, token("art", "as1", Role.ASSISTANT))
+    student = Member(b.url, token("art", "s1"))
+    try:
+        for m in (assistant, student):
+            await m.connect()
+            await m.join()
+        sent = await student.call("chat:send", {"text": "rude words"})
+        kept = await student.call("chat:send", {"text": "fine words"})
+        assert (await student.call("chat:delete", {"id": sent["message"]["id"]}))["error"]["code"] == "forbidden"
+        assert (await assistant.call("chat:delete", {"id": "no-such-id"}))["error"]["code"] == "not_found"
+        assert await assistant.call("chat:delete", {"id": sent["message"]["id"]}) == {"ok": True}
+        deleted_id = sent["message"]["id"]
+        for m in (assistant, student):
+            await wait_until(
+                lambda m=m: any(e["type"] == "chat.deleted" and e["data"]["id"] == deleted_id for e in m.events),
+                what="deletion reaches both instances",
+            )
+        late = Member(a.url, token("art", "late"))
+        await late.connect()
+        assert [c["id"] for c in (await late.join())["chat"]] == [kept["message"]["id"]]
+        await late.close()
+    finally:
+        for m in (assistant, student):
+            await m.close()
