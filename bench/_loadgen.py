@@ -6,6 +6,7 @@ The parent talks to each generator over a multiprocessing Pipe with small tuples
     (started by spawn)                  ("ready", {"connected", "failed", "errors"})
     ("quiet",)                          ("quiet", packets received since the last "quiet")
     ("start", step, t0)                 ("started", None)
+    ("count",)                          ("count", deliveries so far in this step)
     ("stop",)                           ("stats", StepStats.summary())
     ("quit",)                           (exits)
 
@@ -17,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, TypeVar
 
 from _sio import AiohttpTransport, SioClient
+
+K = TypeVar("K")
 
 MARK = b"#bench:"
 HIST_PER_MS = 10  # 0.1 ms buckets
@@ -49,8 +53,8 @@ def percentile(hist: dict[int, int], q: float) -> float | None:
     return HIST_MAX_MS
 
 
-def merge_counts(parts: list[dict[int, int]]) -> dict[int, int]:
-    total: Counter[int] = Counter()
+def merge_counts(parts: list[dict[K, int]]) -> dict[K, int]:
+    total: Counter[K] = Counter()
     for part in parts:
         total.update(part)
     return dict(total)
@@ -72,6 +76,7 @@ class StepStats:
     hist: list[int] = field(init=False)
     bins: dict[int, int] = field(default_factory=dict)  # deliveries per 100 ms since t0
     cpu0: float = field(default_factory=time.process_time)
+    times0: os.times_result = field(default_factory=os.times)
     wall0: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -85,6 +90,7 @@ class StepStats:
             "hist": {i: n for i, n in enumerate(self.hist) if n},
             "bins": self.bins,
             "cpu_s": time.process_time() - self.cpu0,
+            "cpu_sys_s": os.times().system - self.times0.system,
             "wall_s": wall,
             "disconnected": disconnected,
         }
@@ -146,6 +152,9 @@ async def _main(conn: Connection, members: list[MemberSpec], transport: str, con
         return_exceptions=True,
     )
     clients = [r for r in results if isinstance(r, SioClient)]
+    events: Counter[bytes] = Counter()  # non-chat packets by event name, shared by all clients
+    for c in clients:
+        c.other_events = events
     connected = [i for i, r in enumerate(results) if isinstance(r, SioClient)]
     errors = Counter(_describe(r) for r in results if isinstance(r, BaseException))
     conn.send(("ready", {"connected": len(clients), "failed": len(members) - len(clients),
@@ -160,11 +169,14 @@ async def _main(conn: Connection, members: list[MemberSpec], transport: str, con
         cmd = await commands.get()
         if cmd[0] == "quiet":
             packets = sum(c.other_packets for c in clients) + collector.unmarked + collector.stale
-            conn.send(("quiet", packets - last_packets))
+            conn.send(("quiet", (packets - last_packets, {k.decode(): n for k, n in events.items()})))
             last_packets = packets
+            events.clear()
         elif cmd[0] == "start":
             collector.current = StepStats(step=cmd[1], t0=cmd[2], members=len(members))
             conn.send(("started", None))
+        elif cmd[0] == "count":
+            conn.send(("count", sum(collector.current.per_member) if collector.current else 0))
         elif cmd[0] == "stop":
             st, collector.current = collector.current, None
             disconnected = sum(not c.connected for c in clients)

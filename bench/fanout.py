@@ -307,7 +307,7 @@ class StepResult:
     send_errors: dict[str, int]
     expected: int  # accepted messages x members
     delivered: int
-    missing: int  # expected deliveries not seen by the end of the drain
+    missing: int  # expected deliveries never seen (the drain waits until deliveries stop)
     duplicates: int
     offered_per_s: float
     deliveries_per_s: float  # received inside the send window / window
@@ -348,18 +348,35 @@ class Bench:
         calm = 0
         while time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-            counts = await self.gens.request(("quiet",), "quiet", timeout=60)
+            replies = await self.gens.request(("quiet",), "quiet", timeout=60)
             sender_now = self.senders.other_packets() + self.senders.received
-            packets = sum(counts) + sender_now - last_sender
+            packets = sum(n for n, _ in replies) + sender_now - last_sender
+            by_event = merge_counts([e for _, e in replies])
             last_sender = sender_now
             calm = calm + 1 if packets <= threshold else 0
             if calm >= 2:
                 return time.monotonic() - started
             if time.monotonic() > next_note:
-                log(f"{self.target.name}: room still busy ({packets * 2}/s packets to members), waiting")
+                log(f"{self.target.name}: room still busy ({packets * 2}/s packets to members: {by_event}), waiting")
                 next_note += 10
         log(f"{self.target.name}: room still busy after {timeout:.0f}s; measuring anyway")
         return time.monotonic() - started
+
+    async def drain(self, expected: int, minimum: float, maximum: float = 30.0) -> None:
+        """Wait for late deliveries: at least `minimum` seconds, then until all expected arrived or
+        nothing arrived for a second, so that `missing` counts losses rather than a backlog."""
+        started = time.monotonic()
+        await asyncio.sleep(minimum)
+        last, still = -1, 0
+        while time.monotonic() - started < maximum:
+            got = sum(await self.gens.request(("count",), "count"))
+            if got >= expected:
+                return
+            still = still + 1 if got == last else 0
+            if still >= 2:
+                return
+            last = got
+            await asyncio.sleep(0.5)
 
     async def step(self, rate: float, duration: float, drain: float) -> StepResult:
         self.step_no += 1
@@ -371,7 +388,7 @@ class Bench:
         main_cpu0 = time.process_time()
         sender_recv0 = self.senders.received
         report = await self.senders.send_step(rate, duration, self.step_no, t0)
-        await asyncio.sleep(drain)
+        await self.drain(report.ok * self.members, drain)
         cpu1, busy1, wall = self.target.cpu_snapshot(), machine_busy(), time.monotonic() - mono0
         main_cpu = time.process_time() - main_cpu0
         stats = await self.gens.request(("stop",), "stats")
@@ -620,7 +637,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-duration", type=float, help="seconds per saturation step (default 8; 4 quick)")
     p.add_argument("--max-rate", type=float, default=2000.0, help="saturation ceiling, msgs/s")
     p.add_argument("--refine", type=int, default=2, help="bisection steps after the first failure")
-    p.add_argument("--drain", type=float, help="seconds to wait for deliveries after the last send")
+    p.add_argument("--drain", type=float, help="min seconds to wait for late deliveries after the last send")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes (default 2)")
     p.add_argument("--transport", choices=("raw", "aiohttp"), default="raw",
                    help="websocket client used by generators (raw: cheapest)")
@@ -632,7 +649,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.members = args.members or (200 if args.quick else 1000)
     args.duration = args.duration or (5.0 if args.quick else 30.0)
     args.step_duration = args.step_duration or (4.0 if args.quick else 8.0)
-    args.drain = args.drain if args.drain is not None else (1.5 if args.quick else 3.0)
+    args.drain = args.drain if args.drain is not None else 1.0
     return args
 
 

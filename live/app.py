@@ -16,11 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from live.admin_api import AdminApi
 from live.config import Settings
 from live.db import create_engine, migrate
-from live.gateway import ClassroomSocketServer, SocketGateway
+from live.gateway import SocketGateway
 from live.http_util import errors_and_headers
 from live.metrics import Metrics
 from live.ops import OpsRoutes
 from live.pages import Pages
+from live.sio_server import ClassroomSocketServer
 from rooms.chat import ChatService, ChatTranscript
 from rooms.engine import Engine
 from rooms.engine_memory import MemoryEngine
@@ -82,7 +83,6 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_and_headers])
     metrics = Metrics()
     sio = ClassroomSocketServer(
-        async_mode="aiohttp",
         cors_allowed_origins=origin_checker(settings),
         max_http_buffer_size=MAX_BODY_BYTES,
         ping_interval=20,

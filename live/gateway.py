@@ -8,7 +8,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from live.auth import TokenError, verify_token
 from live.config import Settings
 from live.metrics import Metrics
+from live.sio_server import ACK_REQUESTED, ClassroomSocketServer
 from rooms.chat import ChatService
 from rooms.engine import Engine, EngineUnavailable, Publication, now_ms
 from rooms.errors import RoomError, unavailable
@@ -29,23 +29,6 @@ from rooms.schemas import ChatDeleteIn, ChatSendIn, EmptyIn, JoinIn, MemberRemov
 from rooms.service import RoomService
 
 log = logging.getLogger(__name__)
-
-_ACK_REQUESTED: ContextVar[bool] = ContextVar("ack_requested", default=False)
-
-
-class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]
-    """Records whether the client asked for an acknowledgement, so that an error for an event sent
-    without one can be reported on the ``error`` event instead of vanishing.
-
-    ``_handle_event_internal`` is python-socketio's private dispatch (pinned range in pyproject.toml);
-    ``tests/test_refusals_have_clear_errors.py`` fails if it stops being called with the ack id."""
-
-    async def _handle_event_internal(  # type: ignore[no-untyped-def]
-        self, server, sid, eio_sid, data, namespace, id
-    ):
-        _ACK_REQUESTED.set(id is not None)
-        return await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
-
 
 @dataclass
 class Session:
@@ -65,7 +48,7 @@ class SocketGateway:
     def __init__(
         self,
         settings: Settings,
-        sio: socketio.AsyncServer,
+        sio: ClassroomSocketServer,
         engine: Engine,
         rooms: RoomService,
         chat: ChatService,
@@ -195,7 +178,7 @@ class SocketGateway:
 
     def _answer_error(self, sid: str, event: str, error: RoomError) -> Any:
         self.metrics.events_rejected.labels(event if event in _KNOWN else "unknown", error.code).inc()
-        if _ACK_REQUESTED.get():
+        if ACK_REQUESTED.get():
             return {"ok": False, "error": error.to_dict()}
         self._spawn(self.sio.emit("error", {**error.to_dict(), "event": event[:64]}, to=sid))
         return None
@@ -249,8 +232,7 @@ class SocketGateway:
         room_id = pub.room_id
         self.metrics.publications.labels(pub.type).inc()
         self.metrics.delivery_latency.observe(max(0, now_ms() - pub.ts) / 1000)
-        self.metrics.deliveries.inc(self.presence.local_count(room_id))
-        await self.sio.emit("room:event", pub.wire(), room=room_id)
+        self.metrics.deliveries.inc(self.sio.broadcast("room:event", pub.wire(), room_id))
         if pub.type == "member.removed":
             sids = self.presence.local_sids(room_id, pub.data.get("user_id"))
             await self._close(sids, "removed", {"reason": pub.data.get("reason", "")})
@@ -258,11 +240,11 @@ class SocketGateway:
             await self._close(self.presence.local_sids(room_id), None, {})
 
     async def deliver_ephemeral(self, room_id: str, event: str, data: dict[str, Any]) -> None:
-        await self.sio.emit(event, data, room=room_id)
+        self.sio.broadcast(event, data, room_id)
 
     async def reload(self, room_id: str, reason: str) -> None:
         self.metrics.reloads.inc()
-        await self.sio.emit("room:reload", {"reason": reason}, room=room_id)
+        self.sio.broadcast("room:reload", {"reason": reason}, room_id)
 
     async def _close(self, sids: list[str], event: str | None, data: dict[str, Any]) -> None:
         for sid in sids:
@@ -272,7 +254,7 @@ class SocketGateway:
             self._spawn(self.sio.disconnect(sid))
 
     async def emit_count(self, room_id: str, count: int) -> None:
-        await self.sio.emit("presence:count", {"count": count}, room=room_id)
+        self.sio.broadcast("presence:count", {"count": count}, room_id)
 
 
 _KNOWN = {"join", "chat:send", "chat:delete", "member:remove", "room:go_live", "room:end"}

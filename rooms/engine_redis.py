@@ -223,7 +223,7 @@ class RedisEngine(Engine):
             [self._key(room_id, "s"), self._key(room_id, "m")],
             [payload, self.history_size, self.history_ttl_s, self._channel(room_id), secrets.token_hex(4)],
         )
-        return Publication(room_id, int(offset), epoch, type, json.loads(json.dumps(data)), ts)
+        return Publication(room_id, int(offset), epoch, type, data, ts)
 
     async def history(self, room_id: str, since: StreamPosition | None, limit: int) -> History:
         epoch, top, mode, entries = await self._call(

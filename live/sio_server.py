@@ -1,0 +1,103 @@
+"""Our Socket.IO server: python-socketio's ``AsyncServer`` plus the three things the fan-out path needs.
+
+Everything here touches python-socketio / python-engineio internals, so both are pinned exactly in
+pyproject.toml and ``tests/test_socketio_internals.py`` fails loudly if an upgrade changes them:
+
+- ``_handle_event_internal`` receives the ack id: we record whether the client asked for an ack, so an
+  error for an event sent without one is reported on the ``error`` event instead of vanishing.
+- Websockets without permessage-deflate. aiohttp's ``WebSocketResponse`` accepts it by default, and every
+  browser offers it, so each delivery would be deflated once per recipient. Node's Engine.IO has it off
+  by default too (``perMessageDeflate: false``).
+- :meth:`ClassroomSocketServer.broadcast`: a room event is encoded once, into one websocket frame (server
+  frames are unmasked and, without deflate, the same bytes for every recipient), and written straight to
+  each local websocket's transport: one ``transport.write`` per recipient, the floor for a socket server.
+  python-socketio's ``emit`` instead creates a task and a coroutine chain per recipient, and engineio's
+  writer task then builds the same frame again for each one. A socket that has packets waiting in its
+  engineio queue or bytes in its transport buffer gets the packet through the queue instead, so frames
+  never overtake each other; one whose buffer passes ``SLOW_CONSUMER_BYTES`` is disconnected (it comes
+  back and catches up by offset, as with Centrifugo's slow-consumer rule).
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+import socketio
+from aiohttp.web import WebSocketResponse
+from engineio import packet as eio_packet
+from engineio.async_drivers import aiohttp as eio_aiohttp
+from socketio import packet as sio_packet
+
+ACK_REQUESTED: ContextVar[bool] = ContextVar("ack_requested", default=False)
+NAMESPACE = "/"
+SLOW_CONSUMER_BYTES = 1 << 20
+
+
+def websocket_text_frame(payload: bytes) -> bytes:
+    """A complete, unmasked, final text frame (RFC 6455 section 5.2)."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = bytes((0x81, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
+class UncompressedWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
+    """engineio's aiohttp websocket wrapper, with permessage-deflate refused."""
+
+    async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+        request = environ["aiohttp.request"]
+        self._sock = WebSocketResponse(max_msg_size=self.server.max_http_buffer_size, compress=False)
+        await self._sock.prepare(request)
+        self.environ = environ
+        owner = getattr(self.handler, "__self__", None)  # engineio's AsyncSocket for this connection
+        if owner is not None:
+            owner.lc_transport = request.transport
+        try:
+            await self.handler(self)
+        finally:
+            if owner is not None:
+                owner.lc_transport = None
+        return self._sock
+
+
+class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(async_mode="aiohttp", **kwargs)
+        self.eio._async = {**self.eio._async, "websocket": UncompressedWebSocket}
+
+    async def _handle_event_internal(  # type: ignore[no-untyped-def]
+        self, server, sid, eio_sid, data, namespace, id
+    ):
+        ACK_REQUESTED.set(id is not None)
+        return await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+
+    def broadcast(self, event: str, data: Any, room: str) -> int:
+        """Send ``event`` to every local socket in ``room``; returns how many sockets got it."""
+        encoded = self.packet_class(sio_packet.EVENT, namespace=NAMESPACE, data=[event, data]).encode()
+        queued = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        frame = websocket_text_frame(queued.encode().encode()) if isinstance(encoded, str) else None
+        sockets = self.eio.sockets
+        sent = 0
+        for _, eio_sid in self.manager.get_participants(NAMESPACE, room):
+            sock = sockets.get(eio_sid)
+            if sock is None or sock.closed:
+                continue
+            sent += 1
+            transport = getattr(sock, "lc_transport", None)
+            if frame is not None and transport is not None and sock.upgraded and not sock.upgrading:
+                if transport.is_closing():
+                    continue
+                buffered = transport.get_write_buffer_size()
+                if buffered == 0 and sock.queue.empty():
+                    transport.write(frame)
+                    continue
+                if buffered > SLOW_CONSUMER_BYTES:
+                    transport.abort()
+                    continue
+            sock.queue.put_nowait(queued)
+        return sent
