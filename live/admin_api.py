@@ -86,4 +86,3 @@ class AdminApi:
             minor=body.minor,
         )
         return web.json_response({"token": token, "url": self.settings.page_link(body.role, token)})
-

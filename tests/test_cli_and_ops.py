@@ -10,16 +10,18 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from live.auth import verify_token
 from rooms.identity import Role
 from tests.conftest import AppFactory
-from tests.support import TEST_SECRET, Member, free_port, token, wait_until
+from tests.support import TEST_SECRET, Member, drop_pg_database, free_port, token, wait_until
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "live.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "live.cli", *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_token_command_prints_a_verifiable_token_or_link(tmp_path: Path) -> None:
@@ -33,8 +35,18 @@ def test_token_command_prints_a_verifiable_token_or_link(tmp_path: Path) -> None
 
     bad = cli("token", "--room", "Bad Room", "--user", "u1", "--name", "A", "--role", "student", env=env)
     assert bad.returncode == 2 and "room id" in bad.stderr
-    weak = cli("token", "--room", "maths", "--user", "u1", "--name", "A", "--role", "student",
-               env={**env, "LIVE_SECRET": "short"})
+    weak = cli(
+        "token",
+        "--room",
+        "maths",
+        "--user",
+        "u1",
+        "--name",
+        "A",
+        "--role",
+        "student",
+        env={**env, "LIVE_SECRET": "short"},
+    )
     assert weak.returncode == 2 and "LIVE_SECRET" in weak.stderr
 
 
@@ -45,8 +57,15 @@ async def test_demo_prints_teacher_and_student_links_that_work(tmp_path: Path) -
     env.pop("LIVE_REDIS_URL", None)
     env.pop("LIVE_DATABASE_URL", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "live.cli", "demo", "--port", str(port), env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "live.cli",
+        "demo",
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         assert proc.stdout is not None
@@ -118,3 +137,15 @@ async def test_pages_are_served_with_a_strict_content_security_policy(start_app:
                 csp = r.headers["Content-Security-Policy"]
                 assert "script-src 'self'" in csp and "unsafe-inline" not in csp
                 assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.postgres
+async def test_readyz_reports_a_database_outage(start_app: AppFactory, pg_url: str) -> None:
+    url, _ = await start_app(LIVE_DATABASE_URL=pg_url)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/readyz") as r:
+            assert r.status == 200 and (await r.json())["database"]["ok"] is True
+        await drop_pg_database(pg_url)  # WITH (FORCE): every open connection is cut
+        async with http.get(f"{url}/readyz") as r:
+            body = await r.json()
+            assert r.status == 503 and body["ready"] is False and body["database"]["ok"] is False

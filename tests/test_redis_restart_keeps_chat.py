@@ -5,6 +5,7 @@ message reaches every client, in order, or the client is told to reload and its 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -97,6 +98,11 @@ async def test_redis_restart_mid_chat_loses_no_acknowledged_message(
             else:
                 assert m.chat_texts() == acknowledged
         assert any(m.reloads for m in members), "Redis lost the history, so clients must be told"
+
+        # The outage is in the logs, one JSON object per line.
+        lines = [json.loads(line) for line in b.log_path.read_text().splitlines()]
+        assert any(entry["level"] == "error" and "redis subscriber lost" in entry["msg"] for entry in lines)
+        assert all(entry["instance"] == "b" for entry in lines)
 
         # Presence came back after Redis forgot it.
         for m in members:
