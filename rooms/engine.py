@@ -100,12 +100,13 @@ def contiguous_after(since: StreamPosition, top: StreamPosition, pubs: list[Publ
     return all(p.offset == since.offset + i + 1 for i, p in enumerate(pubs))
 
 
-@dataclass
+@dataclass(frozen=True)
 class PresenceChange:
-    """Result of adding or removing a connection: whether the *user* arrived or left the room."""
+    """Result of adding or removing a connection: whether the *user* arrived in (or left) the room, and
+    the room's head count (unique users) right after."""
 
     user_changed: bool
-    count: int = 0
+    count: int
 
 
 @dataclass
@@ -154,12 +155,12 @@ class Engine(ABC):
 
     # presence
     @abstractmethod
-    async def presence_add(self, room_id: str, conn_id: str, member: dict[str, str], ttl_s: float) -> bool:
-        """Register or refresh a connection; ``True`` when it is the user's first one in the room."""
+    async def presence_add(self, room_id: str, conn_id: str, member: dict[str, str], ttl_s: float) -> PresenceChange:
+        """Register or refresh a connection; ``user_changed`` when it is the user's first one in the room."""
 
     @abstractmethod
-    async def presence_remove(self, room_id: str, conn_id: str, user_id: str) -> bool:
-        """Drop a connection; ``True`` when it was the user's last one in the room."""
+    async def presence_remove(self, room_id: str, conn_id: str, user_id: str) -> PresenceChange:
+        """Drop a connection; ``user_changed`` when it was the user's last one in the room."""
 
     @abstractmethod
     async def presence_sweep(self, room_id: str) -> SweepResult:

@@ -13,6 +13,7 @@ from typing import Any
 from rooms.engine import (
     Engine,
     History,
+    PresenceChange,
     Publication,
     StreamPosition,
     SweepResult,
@@ -94,34 +95,33 @@ class MemoryEngine(Engine):
     async def unfollow(self, room_id: str) -> None:
         self._followed.discard(room_id)
 
-    async def presence_add(self, room_id: str, conn_id: str, member: dict[str, str], ttl_s: float) -> bool:
+    async def presence_add(self, room_id: str, conn_id: str, member: dict[str, str], ttl_s: float) -> PresenceChange:
         conns = self._conns.setdefault(room_id, {})
+        users = self._user_conns.setdefault(room_id, {})
         is_new = conn_id not in conns
         conns[conn_id] = (time.monotonic() + ttl_s, dict(member))
-        if not is_new:
-            return False
-        users = self._user_conns.setdefault(room_id, {})
-        users[member["user_id"]] = users.get(member["user_id"], 0) + 1
-        return users[member["user_id"]] == 1
+        if is_new:
+            users[member["user_id"]] = users.get(member["user_id"], 0) + 1
+        return PresenceChange(is_new and users[member["user_id"]] == 1, len(users))
 
-    async def presence_remove(self, room_id: str, conn_id: str, user_id: str) -> bool:
+    async def presence_remove(self, room_id: str, conn_id: str, user_id: str) -> PresenceChange:
         conns = self._conns.get(room_id, {})
-        if conns.pop(conn_id, None) is None:
-            return False
         users = self._user_conns.get(room_id, {})
+        if conns.pop(conn_id, None) is None:
+            return PresenceChange(False, len(users))
         left = users.get(user_id, 0) - 1
-        if left <= 0:
-            users.pop(user_id, None)
-            return True
-        users[user_id] = left
-        return False
+        if left > 0:
+            users[user_id] = left
+            return PresenceChange(False, len(users))
+        users.pop(user_id, None)
+        return PresenceChange(True, len(users))
 
     async def presence_sweep(self, room_id: str) -> SweepResult:
         now = time.monotonic()
         conns = self._conns.get(room_id, {})
         left: list[str] = []
         for conn_id, (expires, member) in list(conns.items()):
-            if expires < now and await self.presence_remove(room_id, conn_id, member["user_id"]):
+            if expires < now and (await self.presence_remove(room_id, conn_id, member["user_id"])).user_changed:
                 left.append(member["user_id"])
         return SweepResult(count=len(self._user_conns.get(room_id, {})), left=left)
 

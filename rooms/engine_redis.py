@@ -28,6 +28,7 @@ from rooms.engine import (
     Engine,
     EngineUnavailable,
     History,
+    PresenceChange,
     Publication,
     StreamPosition,
     SweepResult,
@@ -73,17 +74,19 @@ if redis.call('zadd', KEYS[1], ARGV[4], ARGV[1]) == 1 then
 end
 redis.call('hset', KEYS[2], ARGV[1], ARGV[2])
 for i = 1, 3 do redis.call('expire', KEYS[i], ARGV[5]) end
-return first
+return {first, redis.call('hlen', KEYS[3])}
 """
 
 PRESENCE_REMOVE_LUA = """
-if redis.call('zrem', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('hdel', KEYS[2], ARGV[1])
-if redis.call('hincrby', KEYS[3], ARGV[2], -1) <= 0 then
-  redis.call('hdel', KEYS[3], ARGV[2])
-  return 1
+local last = 0
+if redis.call('zrem', KEYS[1], ARGV[1]) == 1 then
+  redis.call('hdel', KEYS[2], ARGV[1])
+  if redis.call('hincrby', KEYS[3], ARGV[2], -1) <= 0 then
+    redis.call('hdel', KEYS[3], ARGV[2])
+    last = 1
+  end
 end
-return 0
+return {last, redis.call('hlen', KEYS[3])}
 """
 
 PRESENCE_SWEEP_LUA = """
@@ -385,17 +388,18 @@ class RedisEngine(Engine):
     def _presence_keys(self, room_id: str) -> list[str]:
         return [self._key(room_id, "pc"), self._key(room_id, "pi"), self._key(room_id, "pu")]
 
-    async def presence_add(self, room_id: str, conn_id: str, member: dict[str, str], ttl_s: float) -> bool:
+    async def presence_add(self, room_id: str, conn_id: str, member: dict[str, str], ttl_s: float) -> PresenceChange:
         expires_ms = int((time.time() + ttl_s) * 1000)
-        first = await self._call(
+        first, count = await self._call(
             self._presence_add,
             self._presence_keys(room_id),
             [conn_id, json.dumps(member), member["user_id"], expires_ms, self.presence_key_ttl_s],
         )
-        return bool(first)
+        return PresenceChange(bool(first), int(count))
 
-    async def presence_remove(self, room_id: str, conn_id: str, user_id: str) -> bool:
-        return bool(await self._call(self._presence_remove, self._presence_keys(room_id), [conn_id, user_id]))
+    async def presence_remove(self, room_id: str, conn_id: str, user_id: str) -> PresenceChange:
+        last, count = await self._call(self._presence_remove, self._presence_keys(room_id), [conn_id, user_id])
+        return PresenceChange(bool(last), int(count))
 
     async def presence_sweep(self, room_id: str) -> SweepResult:
         count, left = await self._call(self._presence_sweep, self._presence_keys(room_id), [])

@@ -2,7 +2,9 @@
 
 Each instance registers its own connections in the engine with a time to live and refreshes them; a
 connection whose instance died expires and is swept by whichever instance counts next. Join and leave
-are announced once per *user* (first connection in, last connection out), not per browser tab.
+are announced once per *user* (first connection in, last connection out), not per browser tab, and only
+while the room is small: in a big room every join would go to every member (a join storm at the start of
+a lesson costs N squared deliveries), so there the head count, sent every second, says it instead.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ CountListener = Callable[[str, int], Awaitable[None]]
 class PresenceKeeper:
     """This instance's connections, kept registered in the shared engine."""
 
-    def __init__(self, engine: Engine, instance_id: str, ttl_s: float = 30.0) -> None:
+    def __init__(self, engine: Engine, instance_id: str, ttl_s: float = 30.0, announce_max: int = 200) -> None:
         self.engine = engine
         self.instance_id = instance_id
         self.ttl_s = ttl_s
+        self.announce_max = announce_max
         self._local: dict[str, dict[str, Identity]] = {}
         self._counts: dict[str, int] = {}
 
@@ -44,10 +47,10 @@ class PresenceKeeper:
     async def enter(self, sid: str, who: Identity) -> bool:
         """Register a connection; ``True`` when the user was not in the room on any instance."""
         self._local.setdefault(who.room_id, {})[sid] = who
-        first = await self.engine.presence_add(who.room_id, self.conn_id(sid), who.member(), self.ttl_s)
-        if first:
+        change = await self.engine.presence_add(who.room_id, self.conn_id(sid), who.member(), self.ttl_s)
+        if change.user_changed and change.count <= self.announce_max:
             await self.engine.broadcast(who.room_id, "presence:joined", who.member())
-        return first
+        return change.user_changed
 
     async def leave(self, sid: str, who: Identity) -> bool:
         """Drop a connection; ``True`` when it was the user's last one anywhere. Returns the room to
@@ -59,10 +62,10 @@ class PresenceKeeper:
             self._local.pop(who.room_id, None)
             self._counts.pop(who.room_id, None)
         try:
-            last = await self.engine.presence_remove(who.room_id, self.conn_id(sid), who.user_id)
-            if last:
+            change = await self.engine.presence_remove(who.room_id, self.conn_id(sid), who.user_id)
+            if change.user_changed and change.count < self.announce_max:
                 await self.engine.broadcast(who.room_id, "presence:left", {"user_id": who.user_id})
-            return last
+            return change.user_changed
         except EngineUnavailable:
             return False  # the entry expires on its own
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from rooms.engine import Engine, EngineUnavailable, History, Publication, StreamPosition
+from rooms.engine import Engine, EngineUnavailable, History, PresenceChange, Publication, StreamPosition
 from rooms.engine_memory import MemoryEngine
 from rooms.engine_redis import RedisEngine
 from tests.support import RedisServer, wait_until
@@ -367,10 +367,14 @@ async def head_count(engine: Engine, room: str) -> int:
 
 async def test_presence_counts_a_user_once_across_connections(engine: Engine) -> None:
     room = new_room()
-    assert await engine.presence_add(room, "c1", member("u1"), 60) is True, "the user's first connection"
-    assert await engine.presence_add(room, "c2", member("u1"), 60) is False, "a second tab of the same user"
-    assert await engine.presence_add(room, "c1", member("u1"), 60) is False, "a refresh is not an arrival"
-    assert await engine.presence_add(room, "c3", member("u2"), 60) is True
+    assert (await engine.presence_add(room, "c1", member("u1"), 60)).user_changed is True, "the user's first connection"
+    assert (await engine.presence_add(room, "c2", member("u1"), 60)).user_changed is False, (
+        "a second tab of the same user"
+    )
+    assert (await engine.presence_add(room, "c1", member("u1"), 60)).user_changed is False, (
+        "a refresh is not an arrival"
+    )
+    assert await engine.presence_add(room, "c3", member("u2"), 60) == PresenceChange(True, 2), "returns the count"
     assert await head_count(engine, room) == 2
 
     members = await engine.presence_members(room, 100)
@@ -378,20 +382,24 @@ async def test_presence_counts_a_user_once_across_connections(engine: Engine) ->
     assert member("u1") in members
     assert len(await engine.presence_members(room, 1)) == 1, "limit caps the list"
 
-    assert await engine.presence_remove(room, "c1", "u1") is False, "u1 still has c2"
+    assert await engine.presence_remove(room, "c1", "u1") == PresenceChange(False, 2), "u1 still has c2"
     assert await head_count(engine, room) == 2
-    assert await engine.presence_remove(room, "c2", "u1") is True, "u1's last connection"
-    assert await engine.presence_remove(room, "c2", "u1") is False, "removing twice is not leaving twice"
+    assert await engine.presence_remove(room, "c2", "u1") == PresenceChange(True, 1), "u1's last connection"
+    assert await engine.presence_remove(room, "c2", "u1") == PresenceChange(False, 1), "removing twice is not leaving"
     assert await head_count(engine, room) == 1
     assert [m["user_id"] for m in await engine.presence_members(room, 100)] == ["u2"]
-    assert await engine.presence_add(room, "c4", member("u1"), 60) is True, "coming back is arriving again"
+    assert (await engine.presence_add(room, "c4", member("u1"), 60)).user_changed is True, (
+        "coming back is arriving again"
+    )
 
 
 async def test_presence_is_per_room(engine: Engine) -> None:
     maths, physics = new_room(), new_room()
-    assert await engine.presence_add(maths, "c1", member("u1"), 60) is True
-    assert await engine.presence_add(physics, "c2", member("u1"), 60) is True, "first connection in this room"
-    assert await engine.presence_remove(maths, "c1", "u1") is True
+    assert (await engine.presence_add(maths, "c1", member("u1"), 60)).user_changed is True
+    assert (await engine.presence_add(physics, "c2", member("u1"), 60)).user_changed is True, (
+        "first connection in this room"
+    )
+    assert await engine.presence_remove(maths, "c1", "u1") == PresenceChange(True, 0)
     assert await head_count(engine, physics) == 1
 
 
