@@ -4,6 +4,7 @@ our server instances and the Node.js reference."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import getpass
 import os
 import secrets
@@ -35,9 +36,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_STARTED: list[Proc] = []
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    """Last resort if the normal cleanup did not run (e.g. an exception while unwinding)."""
+    for proc in _STARTED:
+        proc.stop(timeout=3)
+
+
 @dataclass
 class Proc:
-    """A child process with its output in a log file."""
+    """A child process with its output in a log file. It runs in its own session, so a Ctrl-C in the
+    terminal reaches only the benchmark, which then stops it in order."""
 
     name: str
     popen: subprocess.Popen[bytes]
@@ -51,7 +63,9 @@ class Proc:
         with open(log_path, "wb") as out:
             popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        return cls(name, popen, log_path)
+        proc = cls(name, popen, log_path)
+        _STARTED.append(proc)
+        return proc
 
     @property
     def pid(self) -> int:
@@ -135,7 +149,7 @@ async def wait_ready(url: str, procs: list[Proc], timeout: float) -> None:
                     if resp.status == 200:
                         return
                     last = f"{resp.status} {(await resp.text())[:300]}"
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 last = repr(exc)
             await asyncio.sleep(0.2)
     tails = "\n".join(f"--- {p.name}\n{p.tail()}" for p in procs)

@@ -6,11 +6,12 @@ callback as raw bytes, unparsed: the generators only look for a marker in the ch
 so the hot path never runs json.loads.
 
 Two transports with the same interface:
-- `raw` (default): an asyncio.Protocol that does the RFC 6455 handshake and framing itself.
-  Server frames are handled inside data_received, with no task switch per message.
-- `aiohttp`: aiohttp's ws_connect with one reader task per client. Simpler, but in our
-  measurements it costs several times more CPU per received message, and on a 2-core machine
-  the generators' CPU is taken from the servers under test.
+- `raw` (default): an asyncio.BufferedProtocol that does the RFC 6455 handshake and framing itself;
+  frames are parsed inside buffer_updated, with no task switch per message.
+- `aiohttp`: aiohttp's ws_connect with one reader task per client.
+Measured here against a fake server (200 clients, 10k messages/s): raw costs about 25 us of CPU per
+received message (14 user + 11 system), aiohttp about 41 us (22 + 19). On a 2-core machine every
+microsecond the generators spend is taken from the servers under test, hence the raw default.
 """
 
 from __future__ import annotations
@@ -297,7 +298,12 @@ class SioClient:
 
     async def call(self, event: str, data: Any, timeout: float = 30.0) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.emit(event, data, lambda res: fut.done() or fut.set_result(res))
+
+        def on_ack(res: Any) -> None:
+            if not fut.done():
+                fut.set_result(res)
+
+        self.emit(event, data, on_ack)
         async with asyncio.timeout(timeout):
             return await fut
 

@@ -13,18 +13,25 @@ travels in the chat text; every process is on this machine). The same load then 
 bench/reference/server.js: Node Socket.IO 4 with @socket.io/redis-adapter, two instances, the
 same event names.
 
-CPU sharing (the machine has 2 cores): two server instances, Redis, the generators and this
-process all compete. Generators are kept cheap instead of isolated: a hand-written websocket
-client that finds a marker in the raw frame (no JSON parse, no task switch per delivery), two
-processes by default, GC frozen after setup. Every step reports the CPU each party used (from
-/proc) so a run where the generators, not the server, were the limit shows as such
-(`gen_cpu_max` near 1.0 means a generator process had a whole core).
+CPU sharing (the machine has 2 cores, and nothing is pinned): two server instances, Redis, two
+generator processes and this process (the senders) all compete, and the scheduler shares the
+cores. The generators are kept cheap rather than isolated: a hand-written websocket client that
+finds a marker in the raw frame (no JSON parse, no task switch per delivery), about 20-25 us of
+CPU per received message, GC frozen after setup. At the full load they still take about as much
+CPU as the servers, so each step reports who used what, from /proc: `server_cpu` per instance
+and Redis, `gen_cpu_total` (generators and senders), and `foreign_cpu`, the cores taken by
+processes outside the benchmark (tests, builds, another benchmark); a run where that exceeded
+0.25 core is flagged `"noisy": true`.
 
-Which figure to compare: below both servers' capacity, deliveries/s equals the offered load for
-both, so `ratio` at a fixed rate is ~1 by construction and says only "both keep up"; what
-differs there is latency and CPU per delivery (`cpu_us_per_delivery`). `--saturate` gives the
-honest throughput comparison: the highest deliveries/s each server sustains with p99 <= 100 ms,
-no lag and no losses (`sat_ratio`), on the same machine with the same generators.
+Which figures to compare. Below both servers' capacity, deliveries/s equals the offered load for
+both, so `ratio` at a fixed rate is 1 by construction and says only "both keep up"; what differs
+there is latency (`p50_ms`, `p99_ms`, `ack_*`) and server CPU per delivery
+(`cpu_us_per_delivery`, `cpu_cost_ratio`), the figure least disturbed by the shared machine.
+`--saturate` gives the throughput comparison: the highest deliveries/s each server sustains with
+p99 <= 100 ms, >= 95% delivered within the send window, no losses and no send errors
+(`sat_deliveries_per_s`, `sat_ratio`), same machine, same generators; `sat_limit` says what the
+first failing step ran out of. On 2 shared cores that limit is usually the machine, so the
+saturation ratio mostly reflects CPU per delivery plus how each server's latency degrades.
 
 The last line of stdout is one JSON object with the figures; progress goes to stderr.
 """
@@ -33,12 +40,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import math
 import multiprocessing as mp
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -53,11 +62,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import jwt  # noqa: E402
-
-import _loadgen  # noqa: E402
-from _loadgen import MemberSpec, chat_text, merge_counts, percentile  # noqa: E402
-from _servers import (  # noqa: E402
+import _loadgen
+import jwt
+from _loadgen import MemberSpec, chat_text, merge_counts, percentile
+from _servers import (
     Proc,
     create_pg_database,
     drop_pg_database,
@@ -70,7 +78,7 @@ from _servers import (  # noqa: E402
     tree_cpu_seconds,
     wait_ready,
 )
-from _sio import SioClient  # noqa: E402
+from _sio import SioClient
 
 AUDIENCE = "live-classroom"
 SENDER_RATE = 3.0  # msgs/s per teacher identity, under the staff limit of 100 per 30 s
@@ -78,6 +86,7 @@ P99_LIMIT_MS = 100.0
 KEEP_UP = 0.95  # deliveries inside the send window / offered, below which a step has fallen behind
 MAX_MISSING = 0.001  # fraction of expected deliveries that may be missing after the drain
 INSTANCES = 2
+NOISY_CPU = 0.25  # cores used by processes outside the benchmark above which a run is flagged noisy
 
 TEACHER_GRANTS = {"publish": True, "chat": True, "ask": True, "gift": False, "buy": False, "room_admin": True}
 STUDENT_GRANTS = {"publish": False, "chat": True, "ask": True, "gift": True, "buy": True, "room_admin": False}
@@ -281,7 +290,7 @@ class Senders:
             now = time.time()
             sent_at[seq] = now
             text = chat_text(step, seq, int(now * 1e6))
-            self.clients[seq % k].emit("chat:send", {"text": text}, lambda res, s=seq: on_ack(s, res))
+            self.clients[seq % k].emit("chat:send", {"text": text}, functools.partial(on_ack, seq))
             report.sent += 1
         try:
             async with asyncio.timeout(15):
@@ -473,41 +482,57 @@ def _step_line(name: str, r: StepResult) -> str:
 
 
 async def saturate(run: Callable[[float], Awaitable[StepResult]], name: str, start: float,
-                   max_rate: float, refine: int) -> tuple[StepResult | None, list[StepResult]]:
-    """Raise the rate x1.5 until a step fails, then bisect `refine` times between pass and fail."""
+                   max_rate: float, refine: int, confirm: int,
+                   first: StepResult | None = None) -> tuple[StepResult | None, list[StepResult]]:
+    """The highest rate that keeps up: bracket it (x1.5 up from `start`, or /2 down if `start`
+    already fails), then bisect `refine` times. A failed rate is tried `confirm` more times and
+    passes if any try does: p99 over a few seconds on a shared 2-core machine is noisy, and one
+    unlucky step must not end the search (both servers get the same rule). `first`, a step already
+    run at `start` (the fixed-rate step), is reused."""
     steps: list[StepResult] = []
 
     async def attempt(rate: float) -> StepResult:
-        r = await run(round(rate, 1))
-        steps.append(r)
-        log(_step_line(name, r))
+        for _ in range(1 + confirm):
+            r = await run(round(rate, 1))
+            steps.append(r)
+            log(_step_line(name, r))
+            if r.keeps_up:
+                break
         return r
 
     best: StepResult | None = None
-    fail: float | None = None
-    rate = start
-    while rate <= max_rate:
-        r = await attempt(rate)
-        if r.keeps_up:
-            best, rate = r, rate * 1.5
-        elif best is None and rate > 1:
-            fail, rate = rate, rate / 2  # even the start rate is too much: come down
-        else:
-            fail = rate
-            break
-    if best is not None and fail is not None:
-        lo, hi = best.rate, fail
-        for _ in range(refine):
-            mid = (lo + hi) / 2
-            if hi - lo < 1:
+    if first is None or not first.keeps_up:
+        first = await attempt(start)
+    if first.keeps_up:
+        best, rate = first, start * 1.5
+        while rate <= max_rate:
+            r = await attempt(rate)
+            if not r.keeps_up:
                 break
-            r = await attempt(mid)
+            best, rate = r, rate * 1.5
+        hi = rate
+    else:
+        hi, rate = start, start / 2
+        while rate >= 0.5:
+            r = await attempt(rate)
             if r.keeps_up:
-                lo = mid
-                if r.deliveries_per_s > best.deliveries_per_s:
-                    best = r
-            else:
-                hi = mid
+                best = r
+                break
+            hi, rate = rate, rate / 2
+    if best is None or hi > max_rate:
+        return best, steps
+    lo = best.rate
+    for _ in range(refine):
+        mid = (lo + hi) / 2
+        if hi - lo < max(1.0, 0.03 * lo):
+            break
+        r = await attempt(mid)
+        if r.keeps_up:
+            lo = mid
+            if r.deliveries_per_s > best.deliveries_per_s:
+                best = r
+        else:
+            hi = mid
     return best, steps
 
 
@@ -552,7 +577,8 @@ async def bench_target(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 out["fixed"] = fixed
             if args.saturate or args.saturate_only:
                 best, steps = await saturate(lambda r: bench.step(r, args.step_duration, args.drain), kind,
-                                             args.rate, args.max_rate, args.refine)
+                                             args.rate, args.max_rate, args.refine, args.confirm,
+                                             first=out.get("fixed"))
                 out["saturation"] = {"best": best, "steps": steps}
             return out
     finally:
@@ -564,17 +590,38 @@ async def bench_target(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _pick(r: StepResult | None, prefix: str) -> dict[str, Any]:
-    keys = ("deliveries_per_s", "p50_ms", "p99_ms")
     if r is None:
-        return {prefix + k: None for k in keys} | {prefix + "lost": None}
-    return {prefix + k: getattr(r, k) for k in keys} | {
+        return {prefix + k: None for k in ("deliveries_per_s", "p50_ms", "p99_ms", "lost")}
+    return {
+        prefix + "deliveries_per_s": r.deliveries_per_s,
+        prefix + "p50_ms": r.p50_ms,
+        prefix + "p99_ms": r.p99_ms,
         prefix + "lost": r.missing,
+        prefix + "ack_p50_ms": r.ack_p50_ms,
+        prefix + "ack_p99_ms": r.ack_p99_ms,
         prefix + "cpu_us_per_delivery": r.cpu_us_per_delivery,
         prefix + "server_cpu": r.server_cpu,
-        prefix + "gen_cpu_max": r.gen_cpu_max,
+        prefix + "gen_cpu_total": r.gen_cpu_total,
         prefix + "foreign_cpu": r.foreign_cpu,
         prefix + "keeps_up": r.keeps_up,
     }
+
+
+def _limit(best: StepResult | None, steps: list[StepResult]) -> dict[str, Any] | None:
+    """What the first failing step above the best one ran out of."""
+    above = [r for r in steps if not r.keeps_up and (best is None or r.rate > best.rate)]
+    if not above:
+        return None
+    r = min(above, key=lambda x: x.rate)
+    instances = {k: v for k, v in r.server_cpu.items() if k != "redis"}
+    if max(instances.values(), default=0) >= 0.9:
+        bound = "a server instance used a whole core"
+    elif r.machine_busy >= 0.75:  # rough: with ~6 busy processes on 2 cores, run queues form before 100%
+        bound = "machine CPU (servers, Redis, generators and other processes share 2 cores)"
+    else:
+        bound = "latency or lag with CPU to spare"
+    return {"rate": r.rate, "why": r.why_not, "bound": bound, "server_cpu": r.server_cpu,
+            "gen_cpu_total": r.gen_cpu_total, "foreign_cpu": r.foreign_cpu, "machine_busy": r.machine_busy}
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -584,21 +631,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def summary(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     live, ref = results.get("live", {}), results.get("reference", {})
     out: dict[str, Any] = {"members": args.members, "rate": args.rate, "duration_s": args.duration}
-    lf, rf = live.get("fixed"), ref.get("fixed")
     if not args.saturate_only:
-        out |= _pick(lf, "") | _pick(rf, "ref_")
+        out |= _pick(live.get("fixed"), "") | _pick(ref.get("fixed"), "ref_")
         out["ratio"] = _ratio(out.get("deliveries_per_s"), out.get("ref_deliveries_per_s"))
-        # Same load, server CPU per delivery: >1 means ours spends more CPU per delivery.
+        # Same load: server CPU per delivery, ours / reference (>1: ours spends more per delivery).
         out["cpu_cost_ratio"] = _ratio(out.get("cpu_us_per_delivery"), out.get("ref_cpu_us_per_delivery"))
     if args.saturate or args.saturate_only:
         for prefix, res in (("", live), ("ref_", ref)):
-            best = res.get("saturation", {}).get("best") if res else None
+            sat = res.get("saturation", {})
+            best = sat.get("best")
             out[prefix + "sat_deliveries_per_s"] = best.deliveries_per_s if best else None
             out[prefix + "sat_rate"] = best.rate if best else None
             out[prefix + "sat_p99_ms"] = best.p99_ms if best else None
-            # A generator process at ~a whole core means the figure is a lower bound for that server.
-            out[prefix + "sat_generator_bound"] = bool(best and best.gen_cpu_max > 0.9)
+            out[prefix + "sat_cpu_us_per_delivery"] = best.cpu_us_per_delivery if best else None
+            out[prefix + "sat_limit"] = _limit(best, sat.get("steps", []))
         out["sat_ratio"] = _ratio(out.get("sat_deliveries_per_s"), out.get("ref_sat_deliveries_per_s"))
+    steps: list[StepResult] = []
     for kind, res in results.items():
         prefix = "" if kind == "live" else "ref_"
         for key in ("join_s", "settle_s"):
@@ -606,6 +654,12 @@ def summary(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dic
                 out[prefix + key] = res[key]
         if "error" in res:
             out[f"{kind}_error"] = res["error"]
+        steps += ([res["fixed"]] if "fixed" in res else []) + res.get("saturation", {}).get("steps", [])
+    out["max_foreign_cpu"] = max((r.foreign_cpu for r in steps), default=None)
+    out["noisy"] = bool(steps) and max(r.foreign_cpu for r in steps) > NOISY_CPU
+    if out["noisy"]:
+        log(f"warning: other processes used up to {out['max_foreign_cpu']} cores during the run; "
+            "figures are less comparable (see foreign_cpu per step)")
     return out
 
 
@@ -626,7 +680,7 @@ def write_details(path: Path, args: argparse.Namespace, results: dict[str, dict[
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", type=int, help="receiving members (default 1000; 200 with --quick)")
     p.add_argument("--rate", type=float, default=20.0, help="chat messages per second (default 20)")
@@ -637,6 +691,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--step-duration", type=float, help="seconds per saturation step (default 8; 4 quick)")
     p.add_argument("--max-rate", type=float, default=2000.0, help="saturation ceiling, msgs/s")
     p.add_argument("--refine", type=int, default=2, help="bisection steps after the first failure")
+    p.add_argument("--confirm", type=int, default=1, help="re-runs of a failed saturation step (default 1)")
     p.add_argument("--drain", type=float, help="min seconds to wait for late deliveries after the last send")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes (default 2)")
     p.add_argument("--transport", choices=("raw", "aiohttp"), default="raw",
@@ -654,6 +709,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    # SIGTERM unwinds like Ctrl-C (asyncio.run cancels the main task), so servers, Redis and the
+    # database are cleaned up.
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     results: dict[str, dict[str, Any]] = {}
     kinds = [args.only] if args.only else ["live", "reference"]
     for kind in kinds:
@@ -676,7 +736,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     args = parse_args()
     started = time.monotonic()
-    out = asyncio.run(amain(args))
+    try:
+        out = asyncio.run(amain(args))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        log("interrupted; everything started was stopped")
+        sys.exit(130)
     out["elapsed_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(out), flush=True)
 

@@ -74,7 +74,7 @@ class AdminApi:
         self._authorize(request)
         body = await read_json(request, TokenIn)
         room = await self.rooms.require(request.match_info["id"])
-        grants = Grants(**body.grants.model_dump()) if body.grants is not None else Grants.for_role(body.role)
+        grants = body.grants if body.grants is not None else Grants.for_role(body.role)
         token = mint_token(
             self.settings.secret,
             room_id=room.id,

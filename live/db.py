@@ -39,7 +39,8 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    # No pre-ping: it doubles every query's round trips; a connection found dead invalidates the pool.
+    return create_async_engine(url, pool_size=10, max_overflow=10)
 
 
 def alembic_config(url: str) -> Config:

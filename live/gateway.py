@@ -27,6 +27,7 @@ from rooms.identity import Identity
 from rooms.presence import PresenceKeeper
 from rooms.schemas import ChatDeleteIn, ChatSendIn, EmptyIn, JoinIn, MemberRemoveIn
 from rooms.service import RoomService
+from rooms.views import RoomViews
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class SocketGateway:
         self.presence = presence
         self.metrics = metrics
         self.follower = RoomFollower(engine, self, history_limit=settings.history_size)
+        self.views = RoomViews(engine, rooms, chat, history_limit=settings.history_size)
         self.sessions: dict[str, Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._register()
@@ -95,7 +97,7 @@ class SocketGateway:
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
             who = verify_token(self.settings.secret, token)
-            await self.rooms.admit(who)
+            await self.views.admit(who)
         except TokenError as exc:
             self._refuse_connect("unauthorized", str(exc))
         except RoomError as exc:
@@ -120,6 +122,7 @@ class SocketGateway:
             await self.presence.leave(sid, session.identity)
             if self.presence.local_count(room_id) == 0:
                 await self.follower.unfollow(room_id)
+                self.views.drop(room_id)
                 self.metrics.rooms.set(len(list(self.follower.rooms)))
 
     async def on_unknown(self, event: str, sid: str, *_: Any) -> Any:
@@ -195,21 +198,22 @@ class SocketGateway:
             await self.sio.enter_room(session.sid, room_id)
             session.joined = True
             await self.presence.enter(session.sid, who)
-        since = msg.since.position() if msg.since is not None else None
-        history = await self.engine.history(room_id, since, self.settings.history_size)
-        room = await self.rooms.require(room_id)
-        answer: dict[str, Any] = {
-            "recovered": history.recovered,
-            "room": room.to_dict(),
-            "me": who.me(),
-            "position": history.position.to_dict(),
-            "members": await self.engine.presence_members(room_id, 200),
-            "head_count": await self.presence.count(room_id),
-        }
-        if history.recovered:
+        view = await self.views.current(room_id)
+        # Taken in one step, with this socket already in the room: every event after `position` reaches it.
+        answer: dict[str, Any] = {"room": view.room.to_dict(), "me": who.me(), "position": view.position.to_dict()}
+        chat = list(view.chat)
+        history = None
+        if msg.since is not None:
+            history = await self.engine.history(room_id, msg.since.position(), self.settings.history_size)
+        if history is not None and history.recovered:
+            answer.update(recovered=True, position=history.position.to_dict())
             answer["events"] = [p.wire() for p in history.publications]
         else:
-            answer["chat"] = await self.chat.recent(room_id, history)
+            answer.update(recovered=False, chat=chat)
+        head_count = await self.presence.count(room_id)
+        # Per-user presence only where joins are announced (see rooms/presence.py).
+        answer["members"] = await self.presence.members(room_id) if head_count <= self.presence.announce_max else []
+        answer["head_count"] = head_count
         return answer
 
     async def _chat_send(self, session: Session, msg: ChatSendIn) -> dict[str, Any]:
@@ -232,6 +236,7 @@ class SocketGateway:
     # LocalDelivery: called by the follower in offset order
     async def deliver(self, pub: Publication) -> None:
         room_id = pub.room_id
+        self.views.apply(pub)
         self.metrics.publications.labels(pub.type).inc()
         self.metrics.delivery_latency.observe(max(0, now_ms() - pub.ts) / 1000)
         self.metrics.deliveries.inc(self.sio.broadcast("room:event", pub.wire(), room_id))
@@ -246,6 +251,10 @@ class SocketGateway:
 
     async def reload(self, room_id: str, reason: str) -> None:
         self.metrics.reloads.inc()
+        try:
+            await self.views.load(room_id)
+        except (EngineUnavailable, SQLAlchemyError, OSError):
+            self.views.drop(room_id)  # the next join loads it again
         self.sio.broadcast("room:reload", {"reason": reason}, room_id)
 
     async def _close(self, sids: list[str], event: str | None, data: dict[str, Any]) -> None:

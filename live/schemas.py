@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from live.auth import DEFAULT_TTL_S, MAX_TTL_S
-from rooms.identity import Role
+from rooms.identity import Grants, Role
 
 
 class AdminIn(BaseModel):
@@ -20,19 +20,10 @@ class RoomCreateIn(AdminIn):
     scheduled_at: Annotated[int, Field(ge=0, lt=2**53)] | None = None
 
 
-class GrantsIn(AdminIn):
-    publish: bool = False
-    chat: bool = False
-    ask: bool = False
-    gift: bool = False
-    buy: bool = False
-    room_admin: bool = False
-
-
 class TokenIn(AdminIn):
     user_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")]
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     role: Annotated[Role, Field(strict=False)]
     ttl_s: Annotated[int, Field(ge=60, le=MAX_TTL_S)] = DEFAULT_TTL_S
-    grants: GrantsIn | None = None
+    grants: Grants | None = None
     minor: bool = False

@@ -30,6 +30,7 @@ class ChatTranscript:
 
     def __init__(self, db: AsyncEngine, interval_s: float = 0.2, batch: int = 500) -> None:
         self.db = db
+        self.reads = tables.autocommit(db)
         self.interval_s = interval_s
         self.batch = batch
         self._rows: list[dict[str, Any]] = []
@@ -95,7 +96,7 @@ class ChatTranscript:
             .order_by(c.ts.desc(), c.id.desc())
             .limit(limit)
         )
-        async with self.db.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = [dict(r._mapping) for r in await conn.execute(query)]
         rows.reverse()
         return rows
@@ -104,7 +105,7 @@ class ChatTranscript:
         if any(r["id"] == message_id and r["room_id"] == room_id for r in self._rows):
             return True
         c = tables.chat_messages.c
-        async with self.db.connect() as conn:
+        async with self.reads.connect() as conn:
             row = await conn.execute(select(c.id).where(c.id == message_id, c.room_id == room_id))
             return row.first() is not None
 

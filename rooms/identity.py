@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
+from pydantic import ConfigDict
+
 
 class Role(StrEnum):
     TEACHER = "teacher"
@@ -20,6 +22,10 @@ class Role(StrEnum):
 @dataclass(frozen=True)
 class Grants:
     """What a token allows. Every field defaults to ``False``: deny by default."""
+
+    # Read by pydantic when the admin API validates a grants object: unknown grants and non-booleans
+    # are errors, so a typo in a host's request cannot silently deny or allow something.
+    __pydantic_config__ = ConfigDict(extra="forbid", strict=True)
 
     publish: bool = False
     chat: bool = False

@@ -78,6 +78,9 @@ class PresenceKeeper:
                 except EngineUnavailable:
                     return
 
+    async def members(self, room_id: str) -> list[dict[str, str]]:
+        return await self.engine.presence_members(room_id, self.announce_max)
+
     async def count(self, room_id: str) -> int:
         result = await self.engine.presence_sweep(room_id)
         for user_id in result.left:

@@ -41,7 +41,10 @@ class Room:
 
     @classmethod
     def from_row(cls, row: Any) -> Room:
-        m = row._mapping
+        return cls.from_dict(row._mapping)
+
+    @classmethod
+    def from_dict(cls, m: Any) -> Room:
         return cls(
             id=m["id"],
             title=m["title"],
@@ -58,6 +61,7 @@ class RoomService:
 
     def __init__(self, db: AsyncEngine, engine: Engine) -> None:
         self.db = db
+        self.reads = tables.autocommit(db)
         self.engine = engine
 
     async def create(self, title: str, room_id: str | None = None, scheduled_at: int | None = None) -> Room:
@@ -81,7 +85,7 @@ class RoomService:
         return room
 
     async def get(self, room_id: str) -> Room | None:
-        async with self.db.connect() as conn:
+        async with self.reads.connect() as conn:
             row = (await conn.execute(select(tables.rooms).where(tables.rooms.c.id == room_id))).first()
         return Room.from_row(row) if row is not None else None
 
@@ -95,12 +99,12 @@ class RoomService:
         query = select(tables.rooms).order_by(tables.rooms.c.created_at.desc()).limit(limit)
         if status is not None:
             query = query.where(tables.rooms.c.status == status.value)
-        async with self.db.connect() as conn:
+        async with self.reads.connect() as conn:
             return [Room.from_row(r) for r in await conn.execute(query)]
 
     async def admit(self, identity: Identity) -> Room:
         """The room a token opens. Staff tokens create a missing room, as LiveKit auto-creates rooms."""
-        room = await self.get(identity.room_id)
+        room, banned = await self._room_and_ban(identity.room_id, identity.user_id)
         if room is None:
             if not identity.is_staff:
                 raise RoomError("room_not_found", "this room does not exist")
@@ -112,9 +116,23 @@ class RoomService:
                 room = await self.require(identity.room_id)
         if room.status is RoomStatus.ENDED:
             raise RoomError("room_ended", "this lesson has ended")
-        if await self.is_banned(room.id, identity.user_id):
+        if banned:
             raise RoomError("banned", "you were removed from this room")
         return room
+
+    async def _room_and_ban(self, room_id: str, user_id: str) -> tuple[Room | None, bool]:
+        """One round trip at connect time: the room, and whether this user is banned from it."""
+        r, b = tables.rooms, tables.room_bans
+        query = (
+            select(r, b.c.user_id.label("banned_user"))
+            .outerjoin(b, (b.c.room_id == r.c.id) & (b.c.user_id == user_id))
+            .where(r.c.id == room_id)
+        )
+        async with self.reads.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            return None, False
+        return Room.from_row(row), row._mapping["banned_user"] is not None
 
     async def go_live(self, room_id: str, actor: Identity | None = None) -> Room:
         """Start the lesson; ``actor`` is the staff member asking, ``None`` for the admin API."""
@@ -147,13 +165,18 @@ class RoomService:
         return updated
 
     async def is_banned(self, room_id: str, user_id: str) -> bool:
-        async with self.db.connect() as conn:
+        async with self.reads.connect() as conn:
             row = await conn.execute(
                 select(tables.room_bans.c.user_id).where(
                     tables.room_bans.c.room_id == room_id, tables.room_bans.c.user_id == user_id
                 )
             )
             return row.first() is not None
+
+    async def banned_users(self, room_id: str) -> set[str]:
+        b = tables.room_bans
+        async with self.reads.connect() as conn:
+            return {r[0] for r in await conn.execute(select(b.c.user_id).where(b.c.room_id == room_id))}
 
     async def remove_member(self, staff: Identity, user_id: str, reason: str) -> None:
         """Ban ``user_id`` from the staff member's room and disconnect them on every instance."""

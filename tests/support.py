@@ -118,6 +118,13 @@ async def drop_pg_database(url: str) -> None:
         await conn.close()
 
 
+async def joined(*members: Member) -> None:
+    """Connect and join each member, in order (a staff member first opens a new room)."""
+    for m in members:
+        await m.connect()
+        await m.join()
+
+
 def token(
     room: str,
     user: str,

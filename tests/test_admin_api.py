@@ -19,6 +19,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 AUTH = basic("test", "test-api-secret")
+STUDENT = {"user_id": "u", "name": "n", "role": "student"}
 
 
 @pytest.fixture
@@ -90,6 +91,18 @@ async def test_room_lifecycle_and_tokens(api: tuple[str, Services]) -> None:
         ("/api/rooms/known/tokens", {"user_id": "u u", "name": "n", "role": "student"}, 400, "invalid"),
         ("/api/rooms/known/tokens", {"user_id": "u", "name": "n", "role": "student", "ttl_s": 10**9}, 400, "invalid"),
         ("/api/rooms/missing/end", None, 404, "not_found"),
+        (
+            "/api/rooms/known/tokens",
+            {"user_id": "u", "name": "n", "role": "student", "grants": {"admin": True}},
+            400,
+            "invalid",
+        ),
+        (
+            "/api/rooms/known/tokens",
+            {"user_id": "u", "name": "n", "role": "student", "grants": {"chat": 1}},
+            400,
+            "invalid",
+        ),
     ],
 )
 async def test_bad_requests_get_clear_errors_and_change_nothing(

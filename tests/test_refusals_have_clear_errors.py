@@ -15,7 +15,7 @@ from live.app import Services
 from rooms.identity import Grants, Role
 from rooms.service import RoomStatus
 from tests.conftest import AppFactory
-from tests.support import TEST_SECRET, Member, token, wait_until
+from tests.support import TEST_SECRET, Member, joined, token, wait_until
 
 
 def claims(**over: Any) -> dict[str, Any]:
@@ -96,9 +96,7 @@ async def test_student_calling_staff_actions_is_forbidden_and_nothing_changes(ro
     student = Member(url, token("algebra", "s1"))
     other = Member(url, token("algebra", "s2"))
     try:
-        for m in (teacher, student, other):
-            await m.connect()
-            await m.join()
+        await joined(teacher, student, other)
         sent = await teacher.call("chat:send", {"text": "keep me"})
         message_id = sent["message"]["id"]
         await wait_until(lambda: other.chat_texts() == ["keep me"], what="teacher's message delivered")

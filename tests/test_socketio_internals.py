@@ -17,7 +17,7 @@ import socketio
 from live.sio_server import ClassroomSocketServer
 from rooms.identity import Role
 from tests.conftest import AppFactory
-from tests.support import Member, token, wait_until
+from tests.support import Member, joined, token, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,9 +54,7 @@ async def test_broadcast_reaches_each_local_member_of_the_room_once(start_app: A
     members += [Member(url, token("bcast", f"s{i}")) for i in range(5)]
     outsider = Member(url, token("elsewhere", "t2", Role.TEACHER))
     try:
-        for m in [*members, outsider]:
-            await m.connect()
-            await m.join()
+        await joined(*members, outsider)
         # Ack-less errors use the recorded ack flag: the `error` event arrives, the ack path returns none.
         await outsider.sio.emit("chat:send", {"text": 7})
         await wait_until(lambda: any(n == "error" for n, _ in outsider.other), what="error event")

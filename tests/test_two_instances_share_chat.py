@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rooms.identity import Role
-from tests.support import Member, RedisServer, ServerProcess, token, wait_until
+from tests.support import Member, RedisServer, ServerProcess, joined, token, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -83,9 +83,7 @@ async def test_student_removed_by_staff_on_other_instance_is_disconnected_and_st
     rowdy = Member(b.url, token("history", "rowdy"))
     calm = Member(b.url, token("history", "calm"))
     try:
-        for m in (teacher, rowdy, calm):
-            await m.connect()
-            await m.join()
+        await joined(teacher, rowdy, calm)
         ack = await teacher.call("member:remove", {"user_id": "rowdy", "reason": "spam"})
         assert ack == {"ok": True}
         await wait_until(lambda: not rowdy.sio.connected, what="removed student disconnected on instance B")
@@ -107,9 +105,7 @@ async def test_ending_the_room_closes_connections_on_every_instance(
     teacher = Member(a.url, token("physics", "t1", Role.TEACHER))
     student = Member(b.url, token("physics", "s1"))
     try:
-        for m in (teacher, student):
-            await m.connect()
-            await m.join()
+        await joined(teacher, student)
         ack = await teacher.call("room:end", {})
         assert ack["ok"] and ack["room"]["status"] == "ended"
         await wait_until(lambda: not student.sio.connected and not teacher.sio.connected, what="everyone closed")
@@ -125,9 +121,7 @@ async def test_staff_delete_removes_a_message_everywhere(two_instances: tuple[Se
     assistant = Member(a.url, token("art", "as1", Role.ASSISTANT))
     student = Member(b.url, token("art", "s1"))
     try:
-        for m in (assistant, student):
-            await m.connect()
-            await m.join()
+        await joined(assistant, student)
         sent = await student.call("chat:send", {"text": "rude words"})
         kept = await student.call("chat:send", {"text": "fine words"})
         assert (await student.call("chat:delete", {"id": sent["message"]["id"]}))["error"]["code"] == "forbidden"

@@ -1,0 +1,117 @@
+"""This instance's view of each room it follows: the room, its recent chat and its bans, at a position.
+
+Joins are answered from the view instead of the database and the bus history, so a join storm at the
+start of a lesson costs no SQL (Centrifugo answers subscribes from state it holds, likewise). The view is
+loaded once, when the instance starts following the room, and then kept current by the same in-order
+deliveries the follower makes to the sockets: a snapshot taken from it is consistent with its position,
+and everything after that position reaches the joining socket in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from rooms.chat import ChatService
+from rooms.engine import Engine, Publication, StreamPosition
+from rooms.errors import RoomError
+from rooms.identity import Identity
+from rooms.service import Room, RoomService, RoomStatus
+
+RECENT_CHAT = 100
+
+
+@dataclass
+class RoomView:
+    room: Room
+    position: StreamPosition
+    chat: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CHAT))
+    banned: set[str] = field(default_factory=set)
+
+    def apply(self, pub: Publication) -> None:
+        """Fold in the next publication; earlier ones (already in the view) are ignored."""
+        if pub.epoch != self.position.epoch or pub.offset <= self.position.offset:
+            return
+        self.position = StreamPosition(pub.epoch, pub.offset)
+        if pub.type == "chat.message":
+            self.chat.append(pub.data)
+        elif pub.type == "chat.deleted":
+            kept = [m for m in self.chat if m["id"] != pub.data["id"]]
+            self.chat.clear()
+            self.chat.extend(kept)
+        elif pub.type == "member.removed":
+            self.banned.add(pub.data["user_id"])
+        elif pub.type == "room.status":
+            self.room = Room.from_dict(pub.data)
+
+
+class RoomViews:
+    """The views of the rooms this instance follows."""
+
+    def __init__(self, engine: Engine, rooms: RoomService, chat: ChatService, history_limit: int) -> None:
+        self.engine = engine
+        self.rooms = rooms
+        self.chat = chat
+        self.history_limit = history_limit
+        self._views: dict[str, RoomView] = {}
+        self._loading: dict[str, asyncio.Future[RoomView]] = {}
+        self._arrived: dict[str, list[Publication]] = {}
+
+    def get(self, room_id: str) -> RoomView | None:
+        return self._views.get(room_id)
+
+    async def current(self, room_id: str) -> RoomView:
+        """The room's view, loaded if this instance has none yet (one load however many joins wait)."""
+        view = self._views.get(room_id)
+        return view if view is not None else await self.load(room_id)
+
+    async def load(self, room_id: str) -> RoomView:
+        """(Re)build the view from the bus history, the transcript and SQL. The caller follows the room
+        first: publications delivered meanwhile are kept and folded in, so none is missing."""
+        pending = self._loading.get(room_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[RoomView] = asyncio.get_running_loop().create_future()
+        self._loading[room_id] = future
+        self._arrived[room_id] = []
+        try:
+            history = await self.engine.history(room_id, None, self.history_limit)
+            room = await self.rooms.require(room_id)
+            view = RoomView(room, history.position, banned=await self.rooms.banned_users(room_id))
+            view.chat.extend(await self.chat.recent(room_id, history, RECENT_CHAT))
+            for pub in self._arrived[room_id]:
+                view.apply(pub)
+            self._views[room_id] = view
+            future.set_result(view)
+            return view
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: joins waiting on it get it raised
+            raise
+        finally:
+            del self._loading[room_id]
+            del self._arrived[room_id]
+
+    async def admit(self, identity: Identity) -> Room:
+        """``RoomService.admit``, answered from the view when this instance follows the room."""
+        view = self._views.get(identity.room_id)
+        if view is None:
+            return await self.rooms.admit(identity)
+        if view.room.status is RoomStatus.ENDED:
+            raise RoomError("room_ended", "this lesson has ended")
+        if identity.user_id in view.banned:
+            raise RoomError("banned", "you were removed from this room")
+        return view.room
+
+    def apply(self, pub: Publication) -> None:
+        arrived = self._arrived.get(pub.room_id)
+        if arrived is not None:
+            arrived.append(pub)
+        view = self._views.get(pub.room_id)
+        if view is not None:
+            view.apply(pub)
+
+    def drop(self, room_id: str) -> None:
+        self._views.pop(room_id, None)
