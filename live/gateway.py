@@ -192,12 +192,13 @@ class SocketGateway:
     async def _join(self, session: Session, msg: JoinIn) -> dict[str, Any]:
         who = session.identity
         room_id = who.room_id
+        head_count = None
         if not session.joined:
             await self.follower.follow(room_id)
             self.metrics.rooms.set(len(list(self.follower.rooms)))
             await self.sio.enter_room(session.sid, room_id)
             session.joined = True
-            await self.presence.enter(session.sid, who)
+            head_count = (await self.presence.enter(session.sid, who)).count
         view = await self.views.current(room_id)
         # Taken in one step, with this socket already in the room: every event after `position` reaches it.
         answer: dict[str, Any] = {"room": view.room.to_dict(), "me": who.me(), "position": view.position.to_dict()}
@@ -210,7 +211,8 @@ class SocketGateway:
             answer["events"] = [p.wire() for p in history.publications]
         else:
             answer.update(recovered=False, chat=chat)
-        head_count = await self.presence.count(room_id)
+        if head_count is None:
+            head_count = await self.presence.count(room_id)
         # Per-user presence only where joins are announced (see rooms/presence.py).
         answer["members"] = await self.presence.members(room_id) if head_count <= self.presence.announce_max else []
         answer["head_count"] = head_count

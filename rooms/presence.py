@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from rooms.engine import Engine, EngineUnavailable
+from rooms.engine import Engine, EngineUnavailable, PresenceChange
 from rooms.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,13 @@ class PresenceKeeper:
     def local_count(self, room_id: str) -> int:
         return len(self._local.get(room_id, {}))
 
-    async def enter(self, sid: str, who: Identity) -> bool:
-        """Register a connection; ``True`` when the user was not in the room on any instance."""
+    async def enter(self, sid: str, who: Identity) -> PresenceChange:
+        """Register a connection; ``user_changed`` when the user was not in the room on any instance."""
         self._local.setdefault(who.room_id, {})[sid] = who
         change = await self.engine.presence_add(who.room_id, self.conn_id(sid), who.member(), self.ttl_s)
         if change.user_changed and change.count <= self.announce_max:
             await self.engine.broadcast(who.room_id, "presence:joined", who.member())
-        return change.user_changed
+        return change
 
     async def leave(self, sid: str, who: Identity) -> bool:
         """Drop a connection; ``True`` when it was the user's last one anywhere. Returns the room to
