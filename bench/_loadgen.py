@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -75,8 +74,8 @@ class StepStats:
     per_member: list[int] = field(init=False)
     hist: list[int] = field(init=False)
     bins: dict[int, int] = field(default_factory=dict)  # deliveries per 100 ms since t0
+    worst: dict[int, int] = field(default_factory=dict)  # highest latency bucket per 100 ms of receipt
     cpu0: float = field(default_factory=time.process_time)
-    times0: os.times_result = field(default_factory=os.times)
     wall0: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -89,8 +88,8 @@ class StepStats:
             "per_member": [self.per_member[i] for i in connected],
             "hist": {i: n for i, n in enumerate(self.hist) if n},
             "bins": self.bins,
+            "worst": self.worst,
             "cpu_s": time.process_time() - self.cpu0,
-            "cpu_sys_s": os.times().system - self.times0.system,
             "wall_s": wall,
             "disconnected": disconnected,
         }
@@ -99,8 +98,7 @@ class StepStats:
 class Collector:
     """Counts deliveries of the current step; one instance per generator process."""
 
-    def __init__(self, members: int) -> None:
-        self.members = members
+    def __init__(self) -> None:
         self.current: StepStats | None = None
         self.stale = 0  # bench messages of another step (late arrivals)
         self.unmarked = 0  # room events that are not bench chat
@@ -110,7 +108,8 @@ class Collector:
         if i < 0:
             self.unmarked += 1
             return
-        step, _seq, sent_us = data[i + 7 : data.find(b"#", i + 7)].split(b":")
+        start = i + len(MARK)
+        step, _seq, sent_us = data[start : data.find(b"#", start)].split(b":")
         st = self.current
         if st is None or int(step) != st.step:
             self.stale += 1
@@ -120,6 +119,8 @@ class Collector:
         st.hist[min(max(bucket, 0), _HIST_TOP)] += 1
         slot = int((now - st.t0) * 10)
         st.bins[slot] = st.bins.get(slot, 0) + 1
+        if bucket > st.worst.get(slot, -1):
+            st.worst[slot] = bucket
 
 
 async def _connect_member(
@@ -145,7 +146,7 @@ async def _main(conn: Connection, members: list[MemberSpec], transport: str, con
     commands: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
     loop.add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))
 
-    collector = Collector(len(members))
+    collector = Collector()
     sem = asyncio.Semaphore(concurrency)
     results = await asyncio.gather(
         *(_connect_member(i, m, collector, transport, sem) for i, m in enumerate(members)),

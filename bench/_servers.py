@@ -110,20 +110,26 @@ def _proc_stat(pid: int) -> tuple[int, float] | None:
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of a process and all its live descendants (e.g. worker processes)."""
+def tree_cpu_seconds(roots: list[int]) -> dict[int, float]:
+    """CPU seconds of each root process plus its live descendants (e.g. worker processes),
+    from one pass over /proc."""
     stats: dict[int, tuple[int, float]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (st := _proc_stat(int(entry))) is not None:
             stats[int(entry)] = st
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, _) in stats.items():
-            if ppid == parent and pid not in tree:
-                tree.add(pid)
-                frontier.append(pid)
-    return sum(stats[pid][1] for pid in tree if pid in stats)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    totals = {}
+    for root in roots:
+        tree, frontier = {root}, [root]
+        while frontier:
+            for child in children.get(frontier.pop(), []):
+                if child not in tree:
+                    tree.add(child)
+                    frontier.append(child)
+        totals[root] = sum(stats[pid][1] for pid in tree if pid in stats)
+    return totals
 
 
 def machine_busy() -> tuple[float, float]:

@@ -24,7 +24,7 @@ processes outside the benchmark (tests, builds, another benchmark); a run where 
 0.25 core is flagged `"noisy": true`.
 
 Which figures to compare. Below both servers' capacity, deliveries/s equals the offered load for
-both, so `ratio` at a fixed rate is 1 by construction and says only "both keep up"; what differs
+both, so `ratio` at a fixed rate is 1 whenever both keep up and says only that; what differs
 there is latency (`p50_ms`, `p99_ms`, `ack_*`) and server CPU per delivery
 (`cpu_us_per_delivery`, `cpu_cost_ratio`), the figure least disturbed by the shared machine.
 `--saturate` gives the throughput comparison: the highest deliveries/s each server sustains with
@@ -32,6 +32,12 @@ p99 <= 100 ms, >= 95% delivered within the send window, no losses and no send er
 (`sat_deliveries_per_s`, `sat_ratio`), same machine, same generators; `sat_limit` says what the
 first failing step ran out of. On 2 shared cores that limit is usually the machine, so the
 saturation ratio mostly reflects CPU per delivery plus how each server's latency degrades.
+
+Servers run one after the other by default. `--interleave` keeps both up and alternates their
+steps, so that bursts of outside load fall on both alike; but the idle server's background work
+then lands on the other's steps (`idle_target_cpu`). At the time of writing ours, idle with 1,000
+members, used about 0.1 core, which cost the Node reference about a third of its saturation
+figure (p99 tails), so interleaving is not the default.
 
 The last line of stdout is one JSON object with the figures; progress goes to stderr.
 """
@@ -110,10 +116,9 @@ class Target:
     redis: Proc
     go_live: bool  # our rooms start "scheduled"; the reference has no room status
 
-    def cpu_snapshot(self) -> dict[str, float]:
-        snap = {p.name: tree_cpu_seconds(p.pid) for p, _ in self.instances}
-        snap["redis"] = tree_cpu_seconds(self.redis.pid)
-        return snap
+    def named_pids(self) -> dict[str, int]:
+        """Server instances and Redis, by the names used in `server_cpu`."""
+        return {p.name: p.pid for p, _ in self.instances} | {"redis": self.redis.pid}
 
 
 async def start_target(kind: str, args: argparse.Namespace, stack: AsyncExitStack, work: Path) -> Target:
@@ -192,6 +197,9 @@ class Generators:
             procs.append(proc)
             conns.append(parent)
         return cls(procs, conns)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
 
     async def collect(self, expect: str, timeout: float) -> list[Any]:
         replies = await asyncio.gather(*(_recv(c, timeout) for c in self.conns))
@@ -332,18 +340,38 @@ class StepResult:
     gen_cpu_total: float  # all generators plus this process (the senders), in cores
     machine_busy: float  # all cores, 0..1
     foreign_cpu: float  # cores used by processes that are not part of this benchmark
+    idle_target_cpu: float  # cores used meanwhile by the other server under test (idle, interleaved)
     send_lag_ms: float
+    slow_moments: list[list[float]]  # [from s, to s, worst ms]: when deliveries took over the p99 limit
     disconnected: int
     keeps_up: bool
     why_not: str
 
 
+@dataclass
+class CpuWindow:
+    """CPU used during one step, from /proc."""
+
+    wall: float
+    server_cpu: dict[str, float]  # cores, per instance of the target and its Redis
+    server_cpu_s: float  # seconds, the target's instances only
+    idle_target_cpu: float  # cores, the other target's servers and generators
+    bench_cores: float  # everything this benchmark runs, both targets
+    machine_busy: float  # 0..1 of all cores
+
+
 class Bench:
-    def __init__(self, target: Target, gens: Generators, senders: Senders, members: int) -> None:
+    """One server under test with its members and senders. `turn` is shared by all targets: one
+    step runs at a time, and since asyncio.Lock is FIFO, two targets' steps alternate."""
+
+    def __init__(self, target: Target, gens: Generators, senders: Senders, members: int,
+                 turn: asyncio.Lock, bench_pids: list[int]) -> None:
         self.target = target
         self.gens = gens
         self.senders = senders
         self.members = members
+        self.turn = turn
+        self.bench_pids = bench_pids  # every process either target runs (servers, Redis, generators)
         self.step_no = 0
 
     async def wait_quiet(self, timeout: float = 90.0) -> float:
@@ -388,26 +416,43 @@ class Bench:
             await asyncio.sleep(0.5)
 
     async def step(self, rate: float, duration: float, drain: float) -> StepResult:
+        async with self.turn:
+            return await self._step(rate, duration, drain)
+
+    async def _step(self, rate: float, duration: float, drain: float) -> StepResult:
         self.step_no += 1
         await self.senders.ensure(math.ceil(rate / SENDER_RATE))
         await self.wait_quiet()
         t0 = time.time() + 0.3
         await self.gens.request(("start", self.step_no, t0), "started")
-        cpu0, busy0, mono0 = self.target.cpu_snapshot(), machine_busy(), time.monotonic()
+        cpu0, busy0, mono0 = tree_cpu_seconds(self.bench_pids), machine_busy(), time.monotonic()
         main_cpu0 = time.process_time()
         sender_recv0 = self.senders.received
         report = await self.senders.send_step(rate, duration, self.step_no, t0)
         await self.drain(report.ok * self.members, drain)
-        cpu1, busy1, wall = self.target.cpu_snapshot(), machine_busy(), time.monotonic() - mono0
+        cpu1, busy1, wall = tree_cpu_seconds(self.bench_pids), machine_busy(), time.monotonic() - mono0
         main_cpu = time.process_time() - main_cpu0
         stats = await self.gens.request(("stop",), "stats")
         sender_deliveries = self.senders.received - sender_recv0
-        return self._summarize(rate, duration, report, stats, (cpu0, cpu1), (busy0, busy1), wall,
-                               sender_deliveries, main_cpu)
+        cpu = self._cpu_window(cpu0, cpu1, main_cpu, wall, busy0, busy1)
+        return self._summarize(rate, duration, report, stats, cpu, sender_deliveries, main_cpu)
+
+    def _cpu_window(self, cpu0: dict[int, float], cpu1: dict[int, float], main_cpu: float, wall: float,
+                    busy0: tuple[float, float], busy1: tuple[float, float]) -> CpuWindow:
+        used = {pid: cpu1.get(pid, 0.0) - cpu0.get(pid, 0.0) for pid in cpu0}
+        named = self.target.named_pids()
+        mine = set(named.values()) | set(self.gens.pids())
+        return CpuWindow(
+            wall=wall,
+            server_cpu={name: round(used.get(pid, 0.0) / wall, 3) for name, pid in named.items()},
+            server_cpu_s=sum(used.get(pid, 0.0) for name, pid in named.items() if name != "redis"),
+            idle_target_cpu=sum(v for pid, v in used.items() if pid not in mine) / wall,
+            bench_cores=(sum(used.values()) + main_cpu) / wall,
+            machine_busy=(busy1[0] - busy0[0]) / max(1.0, busy1[1] - busy0[1]),
+        )
 
     def _summarize(self, rate: float, duration: float, report: SendReport, stats: list[dict[str, Any]],
-                   cpu: tuple[dict[str, float], dict[str, float]], busy: tuple[tuple[float, float], ...],
-                   wall: float, sender_deliveries: int, main_cpu: float) -> StepResult:
+                   cpu: CpuWindow, sender_deliveries: int, main_cpu: float) -> StepResult:
         per_member = [n for s in stats for n in s["per_member"]]
         members = len(per_member)
         expected_each = report.ok
@@ -417,14 +462,9 @@ class Bench:
         bins = merge_counts([s["bins"] for s in stats])
         in_window = sum(n for slot, n in bins.items() if 0 <= slot < round(duration * 10))
         hist = merge_counts([s["hist"] for s in stats])
-        server_cpu = {name: round((cpu[1][name] - cpu[0][name]) / wall, 3) for name in cpu[0]}
-        server_cpu_s = sum(cpu[1][name] - cpu[0][name] for name in cpu[0] if name != "redis")
         all_deliveries = delivered + sender_deliveries
         ack_sorted = sorted(report.ack_ms)
-        ncpu = os.cpu_count() or 1
-        busy_frac = (busy[1][0] - busy[0][0]) / max(1.0, busy[1][1] - busy[0][1])
-        load_cpu = sum(s["cpu_s"] / s["wall_s"] for s in stats) + main_cpu / wall
-        bench_cores = sum(server_cpu.values()) + load_cpu
+        load_cpu = sum(s["cpu_s"] / s["wall_s"] for s in stats) + main_cpu / cpu.wall
         res = StepResult(
             rate=rate, duration_s=duration, members=members, sent=report.sent, accepted=report.ok,
             send_errors=dict(report.errors) | ({"unacked": report.unacked} if report.unacked else {}),
@@ -434,19 +474,39 @@ class Bench:
             p50_ms=percentile(hist, 0.50), p90_ms=percentile(hist, 0.90), p99_ms=percentile(hist, 0.99),
             max_ms=round(max(hist) / _loadgen.HIST_PER_MS, 1) if hist else None,
             ack_p50_ms=_quantile(ack_sorted, 0.5), ack_p99_ms=_quantile(ack_sorted, 0.99),
-            server_cpu=server_cpu,
-            cpu_us_per_delivery=round(server_cpu_s / all_deliveries * 1e6, 2) if all_deliveries else None,
+            server_cpu=cpu.server_cpu,
+            cpu_us_per_delivery=round(cpu.server_cpu_s / all_deliveries * 1e6, 2) if all_deliveries else None,
             gen_cpu_max=round(max(s["cpu_s"] / s["wall_s"] for s in stats), 3),
             gen_cpu_total=round(load_cpu, 3),
-            machine_busy=round(busy_frac, 3),
-            foreign_cpu=round(max(0.0, busy_frac * ncpu - bench_cores), 2),
+            machine_busy=round(cpu.machine_busy, 3),
+            foreign_cpu=round(max(0.0, cpu.machine_busy * (os.cpu_count() or 1) - cpu.bench_cores), 2),
+            idle_target_cpu=round(cpu.idle_target_cpu, 3),
             send_lag_ms=round(report.max_lag_ms, 1),
+            slow_moments=_slow_moments(stats),
             disconnected=sum(s["disconnected"] for s in stats),
             keeps_up=False, why_not="",
         )
         res.why_not = _why_not(res, report)
         res.keeps_up = not res.why_not
         return res
+
+
+def _slow_moments(stats: list[dict[str, Any]]) -> list[list[float]]:
+    """When in the step deliveries took over the p99 limit, as [from s, to s, worst ms] ranges of
+    100 ms slots since t0: tells steady queueing from periodic stalls (GC, housekeeping, neighbours)."""
+    worst: dict[int, int] = {}
+    for s in stats:
+        for slot, bucket in s["worst"].items():
+            worst[slot] = max(bucket, worst.get(slot, 0))
+    limit = P99_LIMIT_MS * _loadgen.HIST_PER_MS
+    ranges: list[list[float]] = []
+    for slot in sorted(k for k, v in worst.items() if v > limit):
+        ms = worst[slot] / _loadgen.HIST_PER_MS
+        if ranges and round(ranges[-1][1] * 10) == slot - 1:
+            ranges[-1][1], ranges[-1][2] = slot / 10, max(ranges[-1][2], ms)
+        else:
+            ranges.append([slot / 10, slot / 10, ms])
+    return ranges
 
 
 def _quantile(sorted_values: list[float], q: float) -> float | None:
@@ -539,51 +599,106 @@ async def saturate(run: Callable[[float], Awaitable[StepResult]], name: str, sta
 # --------------------------------------------------------------------------- one server, all steps
 
 
-async def bench_target(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Prepared:
+    kind: str
+    bench: Bench
+    join_s: float
+    settle_s: float
+
+
+async def prepare(kind: str, args: argparse.Namespace, stack: AsyncExitStack, turn: asyncio.Lock,
+                  bench_pids: list[int]) -> Prepared:
+    """Start one server under test and fill its room; everything is stopped when `stack` closes."""
+    log(f"=== {kind}: {args.members} members over {INSTANCES} instances")
     work = Path(tempfile.mkdtemp(prefix=f"lc-bench-{kind}-"))
     if args.keep_logs:
         log(f"{kind}: logs in {work}")
-    try:
-        async with AsyncExitStack() as stack:
-            target = await start_target(kind, args, stack, work)
-            room = f"bench-{secrets.token_hex(4)}"
-            senders = Senders(target, room, args.transport)
-            stack.push_async_callback(senders.close)
-            await senders.ensure(1)  # the first teacher's join creates the room
-            members = [
-                MemberSpec("127.0.0.1", target.instances[i % INSTANCES][1],
-                           mint(target.secret, room, f"bench-student-{i}", "student", STUDENT_GRANTS))
-                for i in range(args.members)
-            ]
-            gens = Generators.spawn(members, args.procs, args.transport)
-            stack.push_async_callback(gens.close)
-            join_started = time.monotonic()
-            ready = await gens.collect("ready", timeout=60 + args.members * 0.3)
-            join_s = round(time.monotonic() - join_started, 1)
-            connected = sum(r["connected"] for r in ready)
-            log(f"{kind}: {connected}/{args.members} members joined room {room} in {join_s}s")
-            for r in ready:
-                if r["failed"]:
-                    log(f"{kind}: {r['failed']} members failed: {r['errors']}")
-            if connected == 0:
-                raise RuntimeError("no member could join")
-            bench = Bench(target, gens, senders, connected)
-            settle = await bench.wait_quiet(timeout=120 + args.members * 0.3)
-            log(f"{kind}: room quiet {settle:.1f}s after the last join")
-            out: dict[str, Any] = {"connected": connected, "join_s": join_s, "settle_s": round(settle, 1)}
-            if not args.saturate_only:
-                fixed = await bench.step(args.rate, args.duration, args.drain)
-                log(_step_line(kind, fixed))
-                out["fixed"] = fixed
-            if args.saturate or args.saturate_only:
-                best, steps = await saturate(lambda r: bench.step(r, args.step_duration, args.drain), kind,
-                                             args.rate, args.max_rate, args.refine, args.confirm,
-                                             first=out.get("fixed"))
-                out["saturation"] = {"best": best, "steps": steps}
-            return out
-    finally:
-        if not args.keep_logs:
-            shutil.rmtree(work, ignore_errors=True)
+    else:
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+    target = await start_target(kind, args, stack, work)
+    bench_pids += target.named_pids().values()
+    room = f"bench-{secrets.token_hex(4)}"
+    senders = Senders(target, room, args.transport)
+    stack.push_async_callback(senders.close)
+    await senders.ensure(1)  # the first teacher's join creates the room
+    members = [
+        MemberSpec("127.0.0.1", target.instances[i % INSTANCES][1],
+                   mint(target.secret, room, f"bench-student-{i}", "student", STUDENT_GRANTS))
+        for i in range(args.members)
+    ]
+    gens = Generators.spawn(members, args.procs, args.transport)
+    stack.push_async_callback(gens.close)
+    bench_pids += gens.pids()
+    join_started = time.monotonic()
+    ready = await gens.collect("ready", timeout=60 + args.members * 0.3)
+    join_s = round(time.monotonic() - join_started, 1)
+    connected = sum(r["connected"] for r in ready)
+    log(f"{kind}: {connected}/{args.members} members joined room {room} in {join_s}s")
+    for r in ready:
+        if r["failed"]:
+            log(f"{kind}: {r['failed']} members failed: {r['errors']}")
+    if connected == 0:
+        raise RuntimeError("no member could join")
+    bench = Bench(target, gens, senders, connected, turn, bench_pids)
+    settle = await bench.wait_quiet(timeout=120 + args.members * 0.3)
+    log(f"{kind}: room quiet {settle:.1f}s after the last join")
+    return Prepared(kind, bench, join_s, round(settle, 1))
+
+
+async def measure(p: Prepared, args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"connected": p.bench.members, "join_s": p.join_s, "settle_s": p.settle_s}
+    if not args.saturate_only:
+        fixed = await p.bench.step(args.rate, args.duration, args.drain)
+        log(_step_line(p.kind, fixed))
+        out["fixed"] = fixed
+    if args.saturate or args.saturate_only:
+        best, steps = await saturate(lambda r: p.bench.step(r, args.step_duration, args.drain), p.kind,
+                                     args.rate, args.max_rate, args.refine, args.confirm,
+                                     first=out.get("fixed"))
+        out["saturation"] = {"best": best, "steps": steps}
+    return out
+
+
+def _failure(kind: str, exc: BaseException) -> dict[str, Any]:
+    trace = "".join(traceback.format_exception(exc, limit=-4))
+    log(f"{kind} failed: {type(exc).__name__}: {exc}\n{trace}")
+    return {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+async def run_interleaved(kinds: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Both servers up at once, their steps alternating: load from outside the benchmark then falls
+    on both alike. But the idle server's own background work lands on the other's steps too."""
+    results: dict[str, dict[str, Any]] = {}
+    turn, bench_pids = asyncio.Lock(), list[int]()
+    async with AsyncExitStack() as stack:
+        prepared = []
+        for kind in kinds:
+            sub = await stack.enter_async_context(AsyncExitStack())
+            try:
+                prepared.append(await prepare(kind, args, sub, turn, bench_pids))
+            except Exception as exc:
+                results[kind] = _failure(kind, exc)
+                await sub.aclose()  # stop what did start now, not after the other server's run
+        outs = await asyncio.gather(*(measure(p, args) for p in prepared), return_exceptions=True)
+        for p, res in zip(prepared, outs, strict=True):
+            if isinstance(res, asyncio.CancelledError):
+                raise res
+            results[p.kind] = _failure(p.kind, res) if isinstance(res, BaseException) else res
+    return results
+
+
+async def run_sequential(kinds: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """One server at a time, each stopped before the next starts."""
+    results: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        try:
+            async with AsyncExitStack() as stack:
+                bench_pids: list[int] = []
+                results[kind] = await measure(await prepare(kind, args, stack, asyncio.Lock(), bench_pids), args)
+        except Exception as exc:
+            results[kind] = _failure(kind, exc)
+    return results
 
 
 # --------------------------------------------------------------------------- report
@@ -697,6 +812,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--transport", choices=("raw", "aiohttp"), default="raw",
                    help="websocket client used by generators (raw: cheapest)")
     p.add_argument("--only", choices=("live", "reference"), help="benchmark one server only")
+    p.add_argument("--interleave", action="store_true",
+                   help="both servers up at once, steps alternating (see the caveat above)")
     p.add_argument("--sqlite", action="store_true", help="our server on SQLite instead of PostgreSQL")
     p.add_argument("--keep-logs", action="store_true", help="keep server logs in the temp dir")
     p.add_argument("--details", type=Path, help="write every step's figures to this JSON file")
@@ -714,15 +831,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    results: dict[str, dict[str, Any]] = {}
     kinds = [args.only] if args.only else ["live", "reference"]
-    for kind in kinds:
-        log(f"=== {kind}: {args.members} members over {INSTANCES} instances")
-        try:
-            results[kind] = await bench_target(kind, args)
-        except Exception as exc:
-            log(f"{kind} failed: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-4)}")
-            results[kind] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    run = run_interleaved if args.interleave else run_sequential
+    results = await run(kinds, args)
     if args.details:
         write_details(args.details, args, results)
     for kind, res in results.items():

@@ -158,6 +158,12 @@ class Engine(ABC):
     async def presence_add(self, room_id: str, conn_id: str, member: dict[str, str], ttl_s: float) -> PresenceChange:
         """Register or refresh a connection; ``user_changed`` when it is the user's first one in the room."""
 
+    async def presence_refresh(self, room_id: str, members: dict[str, dict[str, str]], ttl_s: float) -> None:
+        """Re-register many connections (``conn_id -> member``) at once: keeps them alive, and restores
+        them after Redis lost them. Engines with a network round trip override it to make one."""
+        for conn_id, member in members.items():
+            await self.presence_add(room_id, conn_id, member, ttl_s)
+
     @abstractmethod
     async def presence_remove(self, room_id: str, conn_id: str, user_id: str) -> PresenceChange:
         """Drop a connection; ``user_changed`` when it was the user's last one in the room."""

@@ -397,6 +397,24 @@ class RedisEngine(Engine):
         )
         return PresenceChange(bool(first), int(count))
 
+    async def presence_refresh(self, room_id: str, members: dict[str, dict[str, str]], ttl_s: float) -> None:
+        expires_ms = int((time.time() + ttl_s) * 1000)
+        keys = self._presence_keys(room_id)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for conn_id, member in members.items():
+                    args: list[str | int] = [
+                        conn_id,
+                        json.dumps(member),
+                        member["user_id"],
+                        expires_ms,
+                        self.presence_key_ttl_s,
+                    ]
+                    await self._presence_add(keys=keys, args=args, client=pipe)
+                await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise EngineUnavailable(f"redis unavailable: {exc}") from exc
+
     async def presence_remove(self, room_id: str, conn_id: str, user_id: str) -> PresenceChange:
         last, count = await self._call(self._presence_remove, self._presence_keys(room_id), [conn_id, user_id])
         return PresenceChange(bool(last), int(count))

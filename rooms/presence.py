@@ -72,11 +72,11 @@ class PresenceKeeper:
     async def refresh(self) -> None:
         """Re-register every local connection: keeps them alive, and restores them after Redis lost them."""
         for room_id, conns in list(self._local.items()):
-            for sid, who in list(conns.items()):
-                try:
-                    await self.engine.presence_add(room_id, self.conn_id(sid), who.member(), self.ttl_s)
-                except EngineUnavailable:
-                    return
+            members = {self.conn_id(sid): who.member() for sid, who in conns.items()}
+            try:
+                await self.engine.presence_refresh(room_id, members, self.ttl_s)
+            except EngineUnavailable:
+                return
 
     async def members(self, room_id: str) -> list[dict[str, str]]:
         return await self.engine.presence_members(room_id, self.announce_max)

@@ -563,3 +563,15 @@ async def test_redis_calls_succeed_as_soon_as_the_engine_has_reconnected(
     pub = await redis_engine.publish(room, "chat.message", {"n": "after"})
     assert pub.offset == 1, "Redis restarted without persistence: a new stream"
     assert (await redis_engine.history(room, None, 10)).position == StreamPosition(pub.epoch, 1)
+
+
+async def test_presence_refresh_registers_many_connections_at_once_and_keeps_them_alive(engine: Engine) -> None:
+    room = new_room()
+    conns = {f"c{i}": member(f"u{i % 300}") for i in range(600)}  # 300 users, two tabs each
+    await engine.presence_refresh(room, conns, 0.3)
+    assert await head_count(engine, room) == 300
+    await engine.presence_refresh(room, conns, 60)  # a refresh is not an arrival: still 300
+    assert await head_count(engine, room) == 300
+    await asyncio.sleep(0.4)  # past the first ttl: the refresh extended it
+    assert await head_count(engine, room) == 300
+    assert (await engine.presence_remove(room, "c0", "u0")).user_changed is False, "u0's other tab is registered"
