@@ -46,7 +46,10 @@ class ChatTranscript:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.flush()
+        try:
+            await self.flush()
+        except SQLAlchemyError:
+            log.exception("chat transcript: %d messages could not be written at shutdown", len(self._rows))
 
     def add(self, room_id: str, message: dict[str, Any]) -> None:
         self._rows.append({"room_id": room_id, **message})

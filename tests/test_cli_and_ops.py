@@ -140,7 +140,7 @@ async def test_pages_are_served_with_a_strict_content_security_policy(start_app:
 
 
 @pytest.mark.postgres
-async def test_readyz_reports_a_database_outage(start_app: AppFactory, pg_url: str) -> None:
+async def test_readyz_reports_a_database_outage(pg_url: str, start_app: AppFactory) -> None:
     url, _ = await start_app(LIVE_DATABASE_URL=pg_url)
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{url}/readyz") as r:

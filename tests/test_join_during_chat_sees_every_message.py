@@ -11,7 +11,7 @@ import pytest
 
 from rooms.identity import Role
 from tests.conftest import AppFactory
-from tests.support import Member, token, wait_until
+from tests.support import Member, joined, token, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -29,19 +29,20 @@ def seen_by(member: Member) -> list[str]:
 
 
 async def test_members_joining_mid_chat_see_every_message_once(
-    start_app: AppFactory, redis_url: str, pg_url: str
+    pg_url: str, redis_url: str, start_app: AppFactory
 ) -> None:
     url_a, _ = await start_app(LIVE_REDIS_URL=redis_url, LIVE_DATABASE_URL=pg_url, LIVE_INSTANCE_ID="a")
     url_b, _ = await start_app(LIVE_REDIS_URL=redis_url, LIVE_DATABASE_URL=pg_url, LIVE_INSTANCE_ID="b")
     teacher = Member(url_a, token("busy", "t", Role.TEACHER))
-    await teacher.connect()
-    await teacher.join()
+    assistant = Member(url_b, token("busy", "as", Role.ASSISTANT))
+    await joined(teacher, assistant)
     sent: list[str] = []
     joiners: list[Member] = []
 
     async def chatter() -> None:
         for i in range(60):
-            ack = await teacher.call("chat:send", {"text": f"m{i}"})
+            # Two senders, alternating: each stays inside its connection's burst of 40 events.
+            ack = await (teacher, assistant)[i % 2].call("chat:send", {"text": f"m{i}"})
             assert ack["ok"], ack
             sent.append(f"m{i}")
             await asyncio.sleep(0.005)
@@ -59,5 +60,5 @@ async def test_members_joining_mid_chat_see_every_message_once(
             await wait_until(lambda m=member: seen_by(m)[-1:] == sent[-1:], what="the last message")
             assert seen_by(member) == sent, f"{member.jwt[-8:]} saw a gap or a duplicate"
     finally:
-        for member in [teacher, *joiners]:
+        for member in [teacher, assistant, *joiners]:
             await member.close()

@@ -66,6 +66,8 @@ async def test_reconnect_too_far_behind_or_in_another_epoch_gets_a_snapshot(
         epoch = first["position"]["epoch"]
         for i in range(30):
             assert (await teacher.call("chat:send", {"text": f"m{i}"}))["ok"]
+        # Snapshots come from the instance's view, which is exactly as far as its deliveries.
+        await wait_until(lambda: teacher.chat_texts()[-1:] == ["m29"], what="the last message delivered")
 
         behind = await teacher.call("join", {"since": {"epoch": epoch, "offset": 1}})
         assert behind["ok"] and behind["recovered"] is False
