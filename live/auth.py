@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import base64
 import hmac
-import re
 import time
 from typing import Any
 
 import jwt
 
-from rooms.identity import Grants, Identity, Role
+from rooms.identity import ROOM_ID_RE, USER_ID_RE, Grants, Identity, Role
 
 AUDIENCE = "live-classroom"
 ALGORITHM = "HS256"
 LEEWAY_S = 5
 DEFAULT_TTL_S = 6 * 3600
 MAX_TTL_S = 7 * 86_400
-USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
-ROOM_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
 
 
 class TokenError(Exception):

@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -86,9 +85,3 @@ async def database_ok(engine: AsyncEngine) -> bool:
         return True
     except (SQLAlchemyError, OSError):
         return False
-
-
-def is_unique_violation(exc: Any) -> bool:
-    """Whether a database error is a unique-key violation, on SQLite or PostgreSQL."""
-    message = str(getattr(exc, "orig", exc)).lower()
-    return "unique" in message or "duplicate key" in message

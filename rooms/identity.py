@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
 
 from pydantic import ConfigDict
+
+#: Ids chosen by the host: users may use e-mail-like ids, rooms are URL-safe slugs.
+USER_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,64}$"
+ROOM_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{2,63}$"
+USER_ID_RE = re.compile(USER_ID_PATTERN)
+ROOM_ID_RE = re.compile(ROOM_ID_PATTERN)
 
 
 class Role(StrEnum):

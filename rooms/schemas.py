@@ -7,8 +7,9 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from rooms.engine import StreamPosition
+from rooms.identity import USER_ID_PATTERN
 
-UserId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")]
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 
 
 class Inbound(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -15,9 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from rooms import tables
 from rooms.engine import Engine, EngineUnavailable, now_ms
 from rooms.errors import RoomError, forbidden, unavailable
-from rooms.identity import Identity
-
-ROOM_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,63}$")
+from rooms.identity import ROOM_ID_RE, Identity
 
 
 class RoomStatus(StrEnum):
