@@ -85,7 +85,7 @@ def create_app(settings: Settings) -> web.Application:
     sio = ClassroomSocketServer(
         cors_allowed_origins=origin_checker(settings),
         max_http_buffer_size=MAX_BODY_BYTES,
-        ping_interval=20,
+        ping_interval=25,  # Socket.IO's defaults; pings are most of an idle connection's cost
         ping_timeout=20,
         logger=False,
         engineio_logger=False,

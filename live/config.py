@@ -98,7 +98,7 @@ class Settings:
             "history_ttl_s": _int(env, "LIVE_HISTORY_TTL_S", 86_400, 60, 30 * 86_400),
             "max_event_bytes": _int(env, "LIVE_MAX_EVENT_BYTES", 4096, 256, 65_536),
             "chat": ChatPolicy(max_chars=_int(env, "LIVE_CHAT_MAX_CHARS", 500, 1, 5000)),
-            "log_level": env.get("LIVE_LOG_LEVEL", "INFO").upper(),
+            "log_level": _choice(env, "LIVE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         }
         if env.get("LIVE_INSTANCE_ID"):
             values["instance_id"] = env["LIVE_INSTANCE_ID"]
@@ -129,6 +129,13 @@ def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> i
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).upper()
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {env.get(name)!r}")
     return value
 
 

@@ -149,3 +149,22 @@ async def test_readyz_reports_a_database_outage(pg_url: str, start_app: AppFacto
         async with http.get(f"{url}/readyz") as r:
             body = await r.json()
             assert r.status == 503 and body["ready"] is False and body["database"]["ok"] is False
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("LIVE_LOG_LEVEL", "chatty"),
+        ("LIVE_PORT", "http"),
+        ("LIVE_PORT", "70000"),
+        ("LIVE_REDIS_URL", "http://127.0.0.1:6379"),
+        ("LIVE_DATABASE_URL", "mysql://db/live"),
+        ("LIVE_ALLOWED_ORIGINS", "school.example"),
+        ("LIVE_PUBLIC_URL", "ftp://class.example"),
+        ("LIVE_SECRET", "too-short"),
+    ],
+)
+def test_bad_configuration_stops_the_server_naming_the_variable(tmp_path: Path, name: str, value: str) -> None:
+    env = {"LIVE_SECRET": TEST_SECRET, "LIVE_DATA_DIR": str(tmp_path), name: value}
+    out = cli("serve", "--port", str(free_port()), env=env)
+    assert out.returncode == 2 and name in out.stderr, out.stderr
