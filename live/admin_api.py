@@ -19,6 +19,8 @@ OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
 
 
 class AdminApi:
+    """Admin API routes; thin handlers over RoomService (docs/protocol.md, "Admin API")."""
+
     def __init__(self, settings: Settings, rooms: RoomService, presence: PresenceKeeper) -> None:
         self.settings = settings
         self.rooms = rooms

@@ -80,6 +80,7 @@ def origin_checker(settings: Settings) -> object:
 
 
 def create_app(settings: Settings) -> web.Application:
+    """Build the aiohttp app: every service and route; connections open when it starts."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_and_headers])
     metrics = Metrics()
     sio = ClassroomSocketServer(

@@ -17,6 +17,7 @@ DEMO_ROOM = "demo"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``live-classroom`` command; returns the exit status."""
     parser = argparse.ArgumentParser(prog="live-classroom", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -43,6 +43,7 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 def alembic_config(url: str) -> Config:
+    """Alembic configuration for the bundled migrations, pointed at ``url``."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -79,6 +80,7 @@ def _sqlite_file_lock(url: str) -> Iterator[None]:
 
 
 async def database_ok(engine: AsyncEngine) -> bool:
+    """Whether a trivial query succeeds (``/readyz``)."""
     try:
         async with engine.connect() as conn:
             await conn.execute(text("SELECT 1"))

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Session:
+    """One connection's verified identity, join state and event token bucket."""
+
     sid: str
     identity: Identity
     joined: bool = False

@@ -39,12 +39,14 @@ CONTENT_SECURITY_POLICY = (
 
 
 def error_response(code: str, message: str, **extra: Any) -> web.Response:
+    """A JSON error body ``{error: {code, message}}`` with the status that fits the code."""
     body = {"error": {"code": code, "message": message, **extra}}
     return web.json_response(body, status=STATUS_OF_CODE.get(code, 400))
 
 
 @web.middleware
 async def errors_and_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Middleware: domain errors become JSON errors; security headers on every response."""
     try:
         response = await handler(request)
     except RoomError as exc:

@@ -9,6 +9,8 @@ import time
 
 
 class JsonFormatter(logging.Formatter):
+    """Formats each record as one JSON object."""
+
     def __init__(self, instance_id: str) -> None:
         super().__init__()
         self.instance_id = instance_id
@@ -27,6 +29,7 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, instance_id: str) -> None:
+    """Send every log record to stderr as JSON lines, at ``level``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(instance_id))
     root = logging.getLogger()

@@ -6,6 +6,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
+    """The Prometheus metrics of one app (listed in docs/operations.md)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry

@@ -12,6 +12,8 @@ from rooms.engine import Engine
 
 
 class OpsRoutes:
+    """``/healthz``, ``/readyz`` and ``/metrics``."""
+
     def __init__(self, db: AsyncEngine, engine: Engine, metrics: Metrics) -> None:
         self.db = db
         self.engine = engine

@@ -11,6 +11,8 @@ SOCKET_IO_CLIENT = Path("node_modules/socket.io-client/dist/socket.io.min.js")
 
 
 class Pages:
+    """The student and studio pages, static assets, and the npm socket.io client."""
+
     def __init__(self, static_dir: Path) -> None:
         self.static_dir = static_dir
 

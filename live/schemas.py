@@ -11,16 +11,22 @@ from rooms.identity import ROOM_ID_PATTERN, USER_ID_PATTERN, Grants, Role
 
 
 class AdminIn(BaseModel):
+    """Strict: unknown fields and wrong types are errors, nothing is coerced."""
+
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class RoomCreateIn(AdminIn):
+    """Body of ``POST /api/rooms``."""
+
     title: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     id: Annotated[str, StringConstraints(pattern=ROOM_ID_PATTERN)] | None = None
     scheduled_at: Annotated[int, Field(ge=0, lt=2**53)] | None = None
 
 
 class TokenIn(AdminIn):
+    """Body of ``POST /api/rooms/{id}/tokens``."""
+
     user_id: Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
     name: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     role: Annotated[Role, Field(strict=False)]

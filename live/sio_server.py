@@ -66,6 +66,8 @@ class UncompressedWebSocket(eio_aiohttp.WebSocket):  # type: ignore[misc]
 
 
 class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]
+    """python-socketio's server with the ack flag, no deflate, and :meth:`broadcast`."""
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(async_mode="aiohttp", **kwargs)
         self.eio._async = {**self.eio._async, "websocket": UncompressedWebSocket}

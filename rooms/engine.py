@@ -20,6 +20,8 @@ class EngineUnavailable(Exception):
 
 @dataclass(frozen=True)
 class StreamPosition:
+    """A point in a room's event stream: the epoch and the last offset."""
+
     epoch: str
     offset: int
 
@@ -88,6 +90,7 @@ class BusListener(Protocol):
 
 
 def now_ms() -> int:
+    """Wall-clock time in integer milliseconds, as every ``ts`` on the wire."""
     return int(time.time() * 1000)
 
 
@@ -111,6 +114,8 @@ class PresenceChange:
 
 @dataclass
 class SweepResult:
+    """Result of a presence sweep: the head count, and the users whose last connection expired."""
+
     count: int
     left: list[str] = field(default_factory=list)
 

@@ -19,12 +19,15 @@ class RoomError(Exception):
 
 
 def forbidden(what: str) -> RoomError:
+    """The token lacks the grant (or staff role) that ``what`` needs."""
     return RoomError("forbidden", f"your token does not allow {what}")
 
 
 def rate_limited(retry_after_ms: int) -> RoomError:
+    """A rate limit refused the request; the client may retry after ``retry_after_ms``."""
     return RoomError("rate_limited", "too many requests; slow down", retry_after_ms=retry_after_ms)
 
 
 def unavailable() -> RoomError:
+    """Redis or the database could not be reached; nothing was stored."""
     return RoomError("unavailable", "the room service is briefly unavailable; nothing was stored, try again")

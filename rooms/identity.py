@@ -17,6 +17,8 @@ ROOM_ID_RE = re.compile(ROOM_ID_PATTERN)
 
 
 class Role(StrEnum):
+    """A participant's role in a room; teachers and assistants are staff."""
+
     TEACHER = "teacher"
     ASSISTANT = "assistant"
     STUDENT = "student"

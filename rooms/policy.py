@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ChatPolicy:
+    """Chat limits: message length, and token buckets of ``*_capacity`` messages per ``window_s``."""
+
     max_chars: int = 500
     student_capacity: int = 20
     staff_capacity: int = 100

@@ -19,6 +19,8 @@ class Inbound(BaseModel):
 
 
 class SinceIn(Inbound):
+    """``join``'s ``since``: the position of the last room event the client applied."""
+
     epoch: Annotated[str, StringConstraints(min_length=1, max_length=32)]
     offset: Annotated[int, Field(ge=0)]
 
@@ -27,22 +29,32 @@ class SinceIn(Inbound):
 
 
 class JoinIn(Inbound):
+    """Payload of ``join``."""
+
     since: SinceIn | None = None
 
 
 class ChatSendIn(Inbound):
+    """Payload of ``chat:send``."""
+
     # The length rule (after trimming) is the chat service's, so the limit stays configurable.
     text: Annotated[str, StringConstraints(max_length=20_000)]
 
 
 class ChatDeleteIn(Inbound):
+    """Payload of ``chat:delete``."""
+
     id: Annotated[str, StringConstraints(min_length=1, max_length=32)]
 
 
 class MemberRemoveIn(Inbound):
+    """Payload of ``member:remove``."""
+
     user_id: UserId
     reason: Annotated[str, StringConstraints(max_length=200)] = ""
 
 
 class EmptyIn(Inbound):
+    """Payload of events that carry no fields (``room:go_live``, ``room:end``)."""
+
     pass

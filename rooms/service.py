@@ -18,6 +18,8 @@ from rooms.identity import ROOM_ID_RE, Identity
 
 
 class RoomStatus(StrEnum):
+    """A room's lifecycle: scheduled, then live, then ended (final)."""
+
     SCHEDULED = "scheduled"
     LIVE = "live"
     ENDED = "ended"
@@ -25,6 +27,8 @@ class RoomStatus(StrEnum):
 
 @dataclass(frozen=True)
 class Room:
+    """A room as SQL keeps it and the wire shows it (times in ms)."""
+
     id: str
     title: str
     status: RoomStatus

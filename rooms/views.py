@@ -25,6 +25,8 @@ RECENT_CHAT = 100
 
 @dataclass
 class RoomView:
+    """One room as this instance knows it, at ``position``."""
+
     room: Room
     position: StreamPosition
     chat: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CHAT))
