@@ -115,10 +115,7 @@ class RoomService:
                 if exc.code != "conflict":
                     raise
                 room = await self.require(identity.room_id)
-        if room.status is RoomStatus.ENDED:
-            raise RoomError("room_ended", "this lesson has ended")
-        if banned:
-            raise RoomError("banned", "you were removed from this room")
+        check_admission(room, banned)
         return room
 
     async def _room_and_ban(self, room_id: str, user_id: str) -> tuple[Room | None, bool]:
@@ -165,15 +162,6 @@ class RoomService:
             await self._announce(room_id, "room.status", updated.to_dict())
         return updated
 
-    async def is_banned(self, room_id: str, user_id: str) -> bool:
-        async with self.reads.connect() as conn:
-            row = await conn.execute(
-                select(tables.room_bans.c.user_id).where(
-                    tables.room_bans.c.room_id == room_id, tables.room_bans.c.user_id == user_id
-                )
-            )
-            return row.first() is not None
-
     async def banned_users(self, room_id: str) -> set[str]:
         b = tables.room_bans
         async with self.reads.connect() as conn:
@@ -212,3 +200,11 @@ class RoomService:
 def _require_staff(actor: Identity | None, what: str) -> None:
     if actor is not None and not actor.is_staff:
         raise forbidden(what)
+
+
+def check_admission(room: Room, banned: bool) -> None:
+    """The rules for entering a room, wherever the room and the ban were read from."""
+    if room.status is RoomStatus.ENDED:
+        raise RoomError("room_ended", "this lesson has ended")
+    if banned:
+        raise RoomError("banned", "you were removed from this room")

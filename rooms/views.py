@@ -16,9 +16,8 @@ from typing import Any
 
 from rooms.chat import ChatService
 from rooms.engine import Engine, Publication, StreamPosition
-from rooms.errors import RoomError
 from rooms.identity import Identity
-from rooms.service import Room, RoomService, RoomStatus
+from rooms.service import Room, RoomService, check_admission
 
 RECENT_CHAT = 100
 
@@ -101,10 +100,7 @@ class RoomViews:
         view = self._views.get(identity.room_id)
         if view is None:
             return await self.rooms.admit(identity)
-        if view.room.status is RoomStatus.ENDED:
-            raise RoomError("room_ended", "this lesson has ended")
-        if identity.user_id in view.banned:
-            raise RoomError("banned", "you were removed from this room")
+        check_admission(view.room, identity.user_id in view.banned)
         return view.room
 
     def apply(self, pub: Publication) -> None:

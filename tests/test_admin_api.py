@@ -133,3 +133,19 @@ async def test_openapi_document_names_every_admin_route(api: tuple[str, Services
         if path and path.startswith("/api/") and route.method != "HEAD":
             routes.add((path, route.method))
     assert routes and routes == documented
+
+
+async def test_every_admin_route_needs_credentials_and_reads_reject_bad_input(api: tuple[str, Services]) -> None:
+    url, services = api
+    await services.rooms.create("Known", room_id="known")
+    routes = [("POST", "/api/rooms"), ("GET", "/api/rooms"), ("GET", "/api/rooms/known"),
+              ("POST", "/api/rooms/known/live"), ("POST", "/api/rooms/known/end"), ("POST", "/api/rooms/known/tokens")]
+    async with aiohttp.ClientSession() as http:
+        for method, path in routes:
+            async with http.request(method, f"{url}{path}", json={}) as r:
+                assert r.status == 401, (method, path)
+        async with http.get(f"{url}/api/rooms", params={"status": "paused"}, headers=AUTH) as r:
+            assert r.status == 400 and (await r.json())["error"]["code"] == "invalid"
+        async with http.get(f"{url}/api/rooms/missing", headers=AUTH) as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+    assert (await services.rooms.require("known")).status.value == "scheduled"

@@ -112,7 +112,7 @@ async def test_student_calling_staff_actions_is_forbidden_and_nothing_changes(ro
         await asyncio.sleep(0.2)
         assert other.sio.connected
         assert (await services.rooms.require("algebra")).status is RoomStatus.LIVE
-        assert not await services.rooms.is_banned("algebra", "s2")
+        assert "s2" not in await services.rooms.banned_users("algebra")
         assert len(other.events) == events_before, "no event came out of the refused actions"
         assert [m["text"] for m in (await other.join())["chat"]] == ["keep me"]
     finally:
@@ -240,3 +240,35 @@ async def test_chat_text_that_looks_like_html_is_stored_and_sent_verbatim(room: 
         await wait_until(lambda: student.chat_texts() == [text], what="verbatim text")
     finally:
         await student.close()
+
+
+@pytest.mark.parametrize(
+    ("event", "payload"),
+    [
+        ("join", {"since": {"epoch": 5, "offset": 1}}),
+        ("join", {"since": {"epoch": "e", "offset": -1}}),
+        ("join", {"since": "yesterday"}),
+        ("chat:delete", {}),
+        ("chat:delete", {"id": 5}),
+        ("chat:delete", {"id": "x" * 33}),
+        ("member:remove", {"user_id": "two words"}),
+        ("member:remove", {"user_id": "s2", "reason": "x" * 201}),
+        ("member:remove", {"user_id": "t1"}),  # staff removing themselves
+        ("room:go_live", {"now": True}),
+        ("room:end", {"reason": "done"}),
+    ],
+)
+async def test_staff_events_with_bad_payloads_are_refused_and_change_nothing(
+    room: tuple[str, Services], event: str, payload: dict[str, Any]
+) -> None:
+    url, services = room
+    teacher = Member(url, token("algebra", "t1", Role.TEACHER))
+    try:
+        await joined(teacher)
+        answer = await teacher.call(event, payload)
+        assert answer["ok"] is False and answer["error"]["code"] == "invalid", answer
+        assert teacher.sio.connected
+        assert (await services.rooms.require("algebra")).status is RoomStatus.LIVE
+        assert await services.rooms.banned_users("algebra") == set()
+    finally:
+        await teacher.close()
