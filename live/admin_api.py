@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from live.auth import check_basic_auth, mint_token
 from live.config import Settings
 from live.http_util import error_response, read_json
-from live.schemas import RoomCreateIn, TokenIn
+from live.schemas import RoomCreateIn, RoomUpdateIn, TokenIn
 from rooms.errors import RoomError
 from rooms.identity import Grants
 from rooms.presence import PresenceKeeper
+from rooms.qa import QuestionService
 from rooms.service import RoomService, RoomStatus
+
+#: Columns of the Q&A export, in order (CSV header and JSON keys).
+QA_EXPORT_COLUMNS = (
+    "id",
+    "created_at",
+    "state",
+    "text",
+    "anonymous",
+    "user_id",
+    "name",
+    "role",
+    "votes",
+    "answer_text",
+    "answer_private",
+    "answer_live",
+    "answered_by",
+    "answered_at",
+    "published_at",
+    "updated_at",
+)
 
 OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
 
@@ -21,9 +45,10 @@ OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
 class AdminApi:
     """Admin API routes; thin handlers over RoomService (docs/protocol.md, "Admin API")."""
 
-    def __init__(self, settings: Settings, rooms: RoomService, presence: PresenceKeeper) -> None:
+    def __init__(self, settings: Settings, rooms: RoomService, qa: QuestionService, presence: PresenceKeeper) -> None:
         self.settings = settings
         self.rooms = rooms
+        self.qa = qa
         self.presence = presence
 
     def add_routes(self, app: web.Application) -> None:
@@ -31,6 +56,8 @@ class AdminApi:
         app.router.add_post("/api/rooms", self.create_room)
         app.router.add_get("/api/rooms", self.list_rooms)
         app.router.add_get("/api/rooms/{id}", self.get_room)
+        app.router.add_patch("/api/rooms/{id}", self.update_room)
+        app.router.add_get("/api/rooms/{id}/questions", self.export_questions)
         app.router.add_post("/api/rooms/{id}/live", self.go_live)
         app.router.add_post("/api/rooms/{id}/end", self.end_room)
         app.router.add_post("/api/rooms/{id}/tokens", self.mint)
@@ -45,8 +72,43 @@ class AdminApi:
     async def create_room(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body = await read_json(request, RoomCreateIn)
-        room = await self.rooms.create(body.title, room_id=body.id, scheduled_at=body.scheduled_at)
+        room = await self.rooms.create(
+            body.title,
+            room_id=body.id,
+            scheduled_at=body.scheduled_at,
+            qa_auto_approve=body.qa_auto_approve,
+            qa_ask_interval_s=body.qa_ask_interval_s,
+        )
         return web.json_response(room.to_dict(), status=201)
+
+    async def update_room(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        body = await read_json(request, RoomUpdateIn)
+        room = await self.rooms.set_qa_settings(
+            request.match_info["id"], auto_approve=body.qa_auto_approve, ask_interval_s=body.qa_ask_interval_s
+        )
+        return web.json_response(room.to_dict())
+
+    async def export_questions(self, request: web.Request) -> web.Response:
+        """The room's Q&A for reports: every question with its author (also of anonymous ones), votes,
+        state and answer; ``?format=csv`` for a spreadsheet."""
+        self._authorize(request)
+        fmt = request.query.get("format", "json")
+        if fmt not in ("json", "csv"):
+            return error_response("invalid", "format must be json or csv")
+        room = await self.rooms.require(request.match_info["id"])
+        rows = [{c: row[c] for c in QA_EXPORT_COLUMNS} for row in await self.qa.export(room.id)]
+        if fmt == "json":
+            return web.json_response({"room": room.id, "questions": rows})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=QA_EXPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(_csv_safe(row) for row in rows)
+        return web.Response(
+            text=out.getvalue(),
+            content_type="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{room.id}-questions.csv"'},
+        )
 
     async def list_rooms(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -88,3 +150,9 @@ class AdminApi:
             minor=body.minor,
         )
         return web.json_response({"token": token, "url": self.settings.page_link(body.role, token)})
+
+
+def _csv_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """Neutralise spreadsheet formulas in text that students wrote (CSV injection, OWASP)."""
+    risky = ("=", "+", "-", "@", "\t", "\r")
+    return {k: "'" + v if isinstance(v, str) and v[:1] in risky else v for k, v in row.items()}

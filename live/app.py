@@ -27,6 +27,8 @@ from rooms.engine import Engine
 from rooms.engine_memory import MemoryEngine
 from rooms.engine_redis import RedisEngine
 from rooms.presence import PresenceKeeper
+from rooms.qa import QuestionService, qa_store_for
+from rooms.qa_recorder import QaRecorder
 from rooms.service import RoomService
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class Services:
     rooms: RoomService
     chat: ChatService
     transcript: ChatTranscript
+    qa: QuestionService
+    qa_recorder: QaRecorder
     presence: PresenceKeeper
     gateway: SocketGateway
     metrics: Metrics
@@ -98,11 +102,13 @@ def create_app(settings: Settings) -> web.Application:
     rooms = RoomService(db, engine)
     transcript = ChatTranscript(db)
     chat = ChatService(engine, transcript, settings.chat, history_limit=settings.history_size)
+    qa_recorder = QaRecorder(db)
+    qa = QuestionService(qa_store_for(engine), engine, qa_recorder, settings.qa)
     presence = PresenceKeeper(engine, settings.instance_id)
-    gateway = SocketGateway(settings, sio, engine, rooms, chat, presence, metrics)
-    services = Services(settings, db, engine, rooms, chat, transcript, presence, gateway, metrics)
+    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, presence, metrics)
+    services = Services(settings, db, engine, rooms, chat, transcript, qa, qa_recorder, presence, gateway, metrics)
     app[SERVICES] = services
-    AdminApi(settings, rooms, presence).add_routes(app)
+    AdminApi(settings, rooms, qa, presence).add_routes(app)
     OpsRoutes(db, engine, metrics).add_routes(app)
     Pages(STATIC_DIR).add_routes(app)
 
@@ -110,6 +116,7 @@ def create_app(settings: Settings) -> web.Application:
         await migrate(settings.database_url)
         await engine.start(gateway.follower)
         transcript.start()
+        qa_recorder.start()
         housekeeping = asyncio.create_task(_housekeeping(services), name="housekeeping")
         log.info("live-classroom ready: engine=%s instance=%s", engine.name, settings.instance_id)
         try:
@@ -121,7 +128,9 @@ def create_app(settings: Settings) -> web.Application:
             for sid in list(gateway.sessions):
                 with contextlib.suppress(Exception):
                     await sio.disconnect(sid)
+            await qa.close()
             await transcript.close()
+            await qa_recorder.close()
             await engine.close()
             await db.dispose()
 

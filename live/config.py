@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rooms.identity import Role
-from rooms.policy import ChatPolicy
+from rooms.policy import ChatPolicy, QaPolicy
 
 MIN_SECRET_LENGTH = 32
 
@@ -44,6 +44,7 @@ class Settings:
     socket_events_per_s: float = 20.0
     socket_event_burst: int = 40
     chat: ChatPolicy = field(default_factory=ChatPolicy)
+    qa: QaPolicy = field(default_factory=QaPolicy)
     log_level: str = "INFO"
 
     @property
@@ -98,6 +99,11 @@ class Settings:
             "history_ttl_s": _int(env, "LIVE_HISTORY_TTL_S", 86_400, 60, 30 * 86_400),
             "max_event_bytes": _int(env, "LIVE_MAX_EVENT_BYTES", 4096, 256, 65_536),
             "chat": ChatPolicy(max_chars=_int(env, "LIVE_CHAT_MAX_CHARS", 500, 1, 5000)),
+            "qa": QaPolicy(
+                max_chars=_int(env, "LIVE_QA_MAX_CHARS", 300, 1, 2000),
+                ask_interval_s=_int(env, "LIVE_QA_ASK_INTERVAL_S", 60, 0, 3600),
+                vote_flush_ms=_int(env, "LIVE_QA_VOTE_FLUSH_MS", 50, 0, 5000),
+            ),
             "log_level": _choice(env, "LIVE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         }
         if env.get("LIVE_INSTANCE_ID"):

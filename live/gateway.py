@@ -25,8 +25,22 @@ from rooms.errors import RoomError, unavailable
 from rooms.follower import RoomFollower
 from rooms.identity import Identity
 from rooms.presence import PresenceKeeper
-from rooms.schemas import ChatDeleteIn, ChatSendIn, EmptyIn, JoinIn, MemberRemoveIn
-from rooms.service import RoomService
+from rooms.qa import QuestionService
+from rooms.qa_audience import SKIP, Versions, versions, wire_for
+from rooms.schemas import (
+    ChatDeleteIn,
+    ChatSendIn,
+    EmptyIn,
+    JoinIn,
+    MemberRemoveIn,
+    QaAnswerIn,
+    QaAskIn,
+    QaModerateIn,
+    QaPinIn,
+    QaSettingsIn,
+    QaVoteIn,
+)
+from rooms.service import Room, RoomService
 from rooms.views import RoomViews
 
 log = logging.getLogger(__name__)
@@ -46,6 +60,16 @@ class Session:
 Handler = Callable[[Session, Any], Awaitable[dict[str, Any]]]
 
 
+def staff_room(room_id: str) -> str:
+    """The Socket.IO room of a room's staff connections."""
+    return f"{room_id}#staff"
+
+
+def audience_room(room_id: str) -> str:
+    """The Socket.IO room of a room's other connections."""
+    return f"{room_id}#audience"
+
+
 class SocketGateway:
     """One per app. Owns the per-connection sessions."""
 
@@ -56,6 +80,7 @@ class SocketGateway:
         engine: Engine,
         rooms: RoomService,
         chat: ChatService,
+        qa: QuestionService,
         presence: PresenceKeeper,
         metrics: Metrics,
     ) -> None:
@@ -64,10 +89,11 @@ class SocketGateway:
         self.engine = engine
         self.rooms = rooms
         self.chat = chat
+        self.qa = qa
         self.presence = presence
         self.metrics = metrics
         self.follower = RoomFollower(engine, self, history_limit=settings.history_size)
-        self.views = RoomViews(engine, rooms, chat, history_limit=settings.history_size)
+        self.views = RoomViews(engine, rooms, chat, qa, history_limit=settings.history_size)
         self.sessions: dict[str, Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._register()
@@ -88,6 +114,12 @@ class SocketGateway:
             "member:remove": (MemberRemoveIn, self._member_remove, True),
             "room:go_live": (EmptyIn, self._go_live, True),
             "room:end": (EmptyIn, self._end, True),
+            "qa:ask": (QaAskIn, self._qa_ask, True),
+            "qa:vote": (QaVoteIn, self._qa_vote, True),
+            "qa:moderate": (QaModerateIn, self._qa_moderate, True),
+            "qa:answer": (QaAnswerIn, self._qa_answer, True),
+            "qa:pin": (QaPinIn, self._qa_pin, True),
+            "qa:settings": (QaSettingsIn, self._qa_settings, True),
         }
         self._known_events = set(events)
         for name, (schema, handler, needs_join) in events.items():
@@ -199,6 +231,7 @@ class SocketGateway:
             await self.follower.follow(room_id)
             self.metrics.rooms.set(len(list(self.follower.rooms)))
             await self.sio.enter_room(session.sid, room_id)
+            await self.sio.enter_room(session.sid, staff_room(room_id) if who.is_staff else audience_room(room_id))
             session.joined = True
             head_count = (await self.presence.enter(session.sid, who)).count
         view = await self.views.current(room_id)
@@ -210,9 +243,14 @@ class SocketGateway:
             history = await self.engine.history(room_id, msg.since.position(), self.settings.history_size)
         if history is not None and history.recovered:
             answer.update(recovered=True, position=history.position.to_dict())
-            answer["events"] = [p.wire() for p in history.publications]
+            answer["events"] = [wire_for(p, who) for p in history.publications]
         else:
-            answer.update(recovered=False, chat=chat)
+            questions = view.qa.visible_to(who, self.qa.policy.snapshot_max)
+            pin = view.qa.pin
+            answer.update(recovered=False, chat=chat, qa={"questions": questions, "pin": pin, "voted": []})
+            if who.grants.ask and questions:
+                votable = [q["id"] for q in questions if q["state"] in ("published", "answered")]
+                answer["qa"]["voted"] = sorted(await self.qa.voted(room_id, who.user_id, votable))
         if head_count is None:
             head_count = await self.presence.count(room_id)
         # Per-user presence only where joins are announced (see rooms/presence.py).
@@ -231,6 +269,35 @@ class SocketGateway:
         await self.rooms.remove_member(session.identity, msg.user_id, msg.reason)
         return {}
 
+    def _room(self, room_id: str) -> Room:
+        view = self.views.get(room_id)
+        if view is None:
+            raise RoomError("unavailable", "the room is loading; try again")
+        return view.room
+
+    async def _qa_ask(self, session: Session, msg: QaAskIn) -> dict[str, Any]:
+        who = session.identity
+        return {"question": await self.qa.ask(who, self._room(who.room_id), msg.text, msg.anonymous)}
+
+    async def _qa_vote(self, session: Session, msg: QaVoteIn) -> dict[str, Any]:
+        return await self.qa.vote(session.identity, msg.id, msg.up)
+
+    async def _qa_moderate(self, session: Session, msg: QaModerateIn) -> dict[str, Any]:
+        return {"question": await self.qa.moderate(session.identity, msg.id, msg.action)}
+
+    async def _qa_answer(self, session: Session, msg: QaAnswerIn) -> dict[str, Any]:
+        return {"question": await self.qa.answer(session.identity, msg.id, msg.text, msg.private)}
+
+    async def _qa_pin(self, session: Session, msg: QaPinIn) -> dict[str, Any]:
+        return await self.qa.pin(session.identity, msg.id)
+
+    async def _qa_settings(self, session: Session, msg: QaSettingsIn) -> dict[str, Any]:
+        who = session.identity
+        room = await self.rooms.set_qa_settings(
+            who.room_id, auto_approve=msg.auto_approve, ask_interval_s=msg.ask_interval_s, actor=who
+        )
+        return {"room": room.to_dict()}
+
     async def _go_live(self, session: Session, _: EmptyIn) -> dict[str, Any]:
         return {"room": (await self.rooms.go_live(session.identity.room_id, actor=session.identity)).to_dict()}
 
@@ -243,12 +310,31 @@ class SocketGateway:
         self.views.apply(pub)
         self.metrics.publications.labels(pub.type).inc()
         self.metrics.delivery_latency.observe(max(0, now_ms() - pub.ts) / 1000)
-        self.metrics.deliveries.inc(self.sio.broadcast("room:event", pub.wire(), room_id))
+        split = versions(pub)
+        if split is None:
+            self.metrics.deliveries.inc(self.sio.broadcast("room:event", pub.wire(), room_id))
+        else:
+            await self._deliver_versions(pub, split)
         if pub.type == "member.removed":
             sids = self.presence.local_sids(room_id, pub.data.get("user_id"))
             await self._close(sids, "removed", {"reason": pub.data.get("reason", "")})
         elif pub.type == "room.status" and pub.data.get("status") == "ended":
             await self._close(self.presence.local_sids(room_id), None, {})
+
+    async def _deliver_versions(self, pub: Publication, split: Versions) -> None:
+        """An event whose data differs by audience (rooms/qa_audience.py): staff, author, everyone else."""
+        room_id, wire = pub.room_id, pub.wire()
+        sent = self.sio.broadcast("room:event", {**wire, "data": split.staff}, staff_room(room_id))
+        author_sids = [
+            sid
+            for sid in self.presence.local_sids(room_id, split.author)
+            if (s := self.sessions.get(sid)) is not None and not s.identity.is_staff
+        ]
+        for sid in author_sids:
+            sent += self.sio.broadcast("room:event", {**wire, "data": split.author_data}, sid)
+        public = {**wire, "data": split.public} if split.public is not None else {**wire, "type": SKIP, "data": {}}
+        sent += self.sio.broadcast("room:event", public, audience_room(room_id), exclude=frozenset(author_sids))
+        self.metrics.deliveries.inc(sent)
 
     async def deliver_ephemeral(self, room_id: str, event: str, data: dict[str, Any]) -> None:
         self.sio.broadcast(event, data, room_id)

@@ -22,6 +22,15 @@ class RoomCreateIn(AdminIn):
     title: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     id: Annotated[str, StringConstraints(pattern=ROOM_ID_PATTERN)] | None = None
     scheduled_at: Annotated[int, Field(ge=0, lt=2**53)] | None = None
+    qa_auto_approve: bool = False
+    qa_ask_interval_s: Annotated[int, Field(ge=0, le=3600)] | None = None
+
+
+class RoomUpdateIn(AdminIn):
+    """Body of ``PATCH /api/rooms/{id}``: the room's Q&A settings; fields left out are unchanged."""
+
+    qa_auto_approve: bool | None = None
+    qa_ask_interval_s: Annotated[int, Field(ge=0, le=3600)] | None = None
 
 
 class TokenIn(AdminIn):

@@ -78,14 +78,17 @@ class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]
         ACK_REQUESTED.set(id is not None)
         return await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
 
-    def broadcast(self, event: str, data: Any, room: str) -> int:
-        """Send ``event`` to every local socket in ``room``; returns how many sockets got it."""
+    def broadcast(self, event: str, data: Any, room: str, exclude: frozenset[str] = frozenset()) -> int:
+        """Send ``event`` to every local socket in ``room`` (a room id, or a socket's sid) except the sids
+        in ``exclude``; returns how many sockets got it."""
         encoded = self.packet_class(sio_packet.EVENT, namespace=NAMESPACE, data=[event, data]).encode()
         queued = eio_packet.Packet(eio_packet.MESSAGE, encoded)
         frame = websocket_text_frame(queued.encode().encode()) if isinstance(encoded, str) else None
         sockets = self.eio.sockets
         sent = 0
-        for _, eio_sid in self.manager.get_participants(NAMESPACE, room):
+        for sid, eio_sid in self.manager.get_participants(NAMESPACE, room):
+            if sid in exclude:
+                continue
             sock = sockets.get(eio_sid)
             if sock is None or sock.closed:
                 continue

@@ -126,7 +126,9 @@ redis.call('pexpire', KEYS[1], math.ceil(capacity / per_ms) + 1000)
 return 0
 """
 
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+#: Errors that mean Redis cannot be reached (callers turn them into ``EngineUnavailable``).
+UNAVAILABLE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_UNAVAILABLE = UNAVAILABLE_ERRORS
 
 
 class RedisEngine(Engine):
@@ -184,11 +186,12 @@ class RedisEngine(Engine):
         self._ready = asyncio.Event()  # set while the subscriber is connected with confirmed subscriptions
 
     # keys: the room id in braces keeps a room's keys in one Redis Cluster slot
-    def _key(self, room_id: str, suffix: str) -> str:
+    def key(self, room_id: str, suffix: str) -> str:
+        """A room's Redis key; the room id in braces keeps all of a room's keys in one cluster slot."""
         return f"{self.prefix}:{{{room_id}}}:{suffix}"
 
     def _channel(self, room_id: str) -> str:
-        return self._key(room_id, "ch")
+        return self.key(room_id, "ch")
 
     def _room_of(self, channel: str) -> str:
         return channel[len(self.prefix) + 2 : channel.rindex("}")]
@@ -208,7 +211,8 @@ class RedisEngine(Engine):
         with contextlib.suppress(Exception):
             await self._subscriber.aclose()
 
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    async def call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a registered Lua script; an unreachable Redis raises ``EngineUnavailable``."""
         try:
             return await script(keys=keys, args=args)
         except _UNAVAILABLE as exc:
@@ -221,17 +225,17 @@ class RedisEngine(Engine):
     async def publish(self, room_id: str, type: str, data: dict[str, Any]) -> Publication:
         ts = now_ms()
         payload = json.dumps({"t": type, "d": data, "ts": ts}, separators=(",", ":"))
-        offset, epoch = await self._call(
+        offset, epoch = await self.call(
             self._publish,
-            [self._key(room_id, "s"), self._key(room_id, "m")],
+            [self.key(room_id, "s"), self.key(room_id, "m")],
             [payload, self.history_size, self.history_ttl_s, self._channel(room_id), secrets.token_hex(4)],
         )
         return Publication(room_id, int(offset), epoch, type, data, ts)
 
     async def history(self, room_id: str, since: StreamPosition | None, limit: int) -> History:
-        epoch, top, mode, entries = await self._call(
+        epoch, top, mode, entries = await self.call(
             self._history,
-            [self._key(room_id, "s"), self._key(room_id, "m")],
+            [self.key(room_id, "s"), self.key(room_id, "m")],
             [
                 secrets.token_hex(4),
                 since.offset if since is not None else -1,
@@ -386,11 +390,11 @@ class RedisEngine(Engine):
 
     # presence
     def _presence_keys(self, room_id: str) -> list[str]:
-        return [self._key(room_id, "pc"), self._key(room_id, "pi"), self._key(room_id, "pu")]
+        return [self.key(room_id, "pc"), self.key(room_id, "pi"), self.key(room_id, "pu")]
 
     async def presence_add(self, room_id: str, conn_id: str, member: dict[str, str], ttl_s: float) -> PresenceChange:
         expires_ms = int((time.time() + ttl_s) * 1000)
-        first, count = await self._call(
+        first, count = await self.call(
             self._presence_add,
             self._presence_keys(room_id),
             [conn_id, json.dumps(member), member["user_id"], expires_ms, self.presence_key_ttl_s],
@@ -416,17 +420,17 @@ class RedisEngine(Engine):
             raise EngineUnavailable(f"redis unavailable: {exc}") from exc
 
     async def presence_remove(self, room_id: str, conn_id: str, user_id: str) -> PresenceChange:
-        last, count = await self._call(self._presence_remove, self._presence_keys(room_id), [conn_id, user_id])
+        last, count = await self.call(self._presence_remove, self._presence_keys(room_id), [conn_id, user_id])
         return PresenceChange(bool(last), int(count))
 
     async def presence_sweep(self, room_id: str) -> SweepResult:
-        count, left = await self._call(self._presence_sweep, self._presence_keys(room_id), [])
+        count, left = await self.call(self._presence_sweep, self._presence_keys(room_id), [])
         return SweepResult(count=int(count), left=list(left))
 
     async def presence_members(self, room_id: str, limit: int) -> list[dict[str, str]]:
         seen: dict[str, dict[str, str]] = {}
         try:
-            async for _, raw in self.redis.hscan_iter(self._key(room_id, "pi"), count=200):
+            async for _, raw in self.redis.hscan_iter(self.key(room_id, "pi"), count=200):
                 member = json.loads(raw)
                 seen.setdefault(member["user_id"], member)
                 if len(seen) >= limit:
@@ -437,7 +441,7 @@ class RedisEngine(Engine):
 
     async def take_token(self, key: str, capacity: int, window_s: float) -> int:
         per_ms = capacity / (window_s * 1000.0)
-        wait = await self._call(self._token_bucket, [f"{self.prefix}:rl:{key}"], [capacity, repr(per_ms)])
+        wait = await self.call(self._token_bucket, [f"{self.prefix}:rl:{key}"], [capacity, repr(per_ms)])
         return int(wait)
 
     async def ping(self) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -58,3 +58,49 @@ class EmptyIn(Inbound):
     """Payload of events that carry no fields (``room:go_live``, ``room:end``)."""
 
     pass
+
+
+QuestionId = Annotated[str, StringConstraints(pattern=r"^q[0-9a-f]{16}$")]
+
+
+class QaAskIn(Inbound):
+    """Payload of ``qa:ask``."""
+
+    # The length rule (after trimming) is the Q&A service's, so the limit stays configurable.
+    text: Annotated[str, StringConstraints(max_length=20_000)]
+    anonymous: bool = False
+
+
+class QaVoteIn(Inbound):
+    """Payload of ``qa:vote``: ``up`` false takes the vote back."""
+
+    id: QuestionId
+    up: bool = True
+
+
+class QaModerateIn(Inbound):
+    """Payload of ``qa:moderate``."""
+
+    id: QuestionId
+    action: Literal["approve", "dismiss", "hide", "reopen", "answered_live"]
+
+
+class QaAnswerIn(Inbound):
+    """Payload of ``qa:answer``."""
+
+    id: QuestionId
+    text: Annotated[str, StringConstraints(max_length=20_000)]
+    private: bool = False
+
+
+class QaPinIn(Inbound):
+    """Payload of ``qa:pin``: ``id`` null unpins."""
+
+    id: QuestionId | None
+
+
+class QaSettingsIn(Inbound):
+    """Payload of ``qa:settings``; fields left out are unchanged."""
+
+    auto_approve: bool | None = None
+    ask_interval_s: Annotated[int, Field(ge=0, le=3600)] | None = None

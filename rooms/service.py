@@ -36,6 +36,10 @@ class Room:
     scheduled_at: int | None = None
     started_at: int | None = None
     ended_at: int | None = None
+    #: Q&A: publish questions at once instead of holding them for moderation.
+    qa_auto_approve: bool = False
+    #: Q&A: seconds between two questions of one student; ``None`` is the deployment's default.
+    qa_ask_interval_s: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status.value}
@@ -54,6 +58,8 @@ class Room:
             scheduled_at=m["scheduled_at"],
             started_at=m["started_at"],
             ended_at=m["ended_at"],
+            qa_auto_approve=bool(m.get("qa_auto_approve", False)),
+            qa_ask_interval_s=m.get("qa_ask_interval_s"),
         )
 
 
@@ -65,7 +71,15 @@ class RoomService:
         self.reads = tables.autocommit(db)
         self.engine = engine
 
-    async def create(self, title: str, room_id: str | None = None, scheduled_at: int | None = None) -> Room:
+    async def create(
+        self,
+        title: str,
+        room_id: str | None = None,
+        scheduled_at: int | None = None,
+        *,
+        qa_auto_approve: bool = False,
+        qa_ask_interval_s: int | None = None,
+    ) -> Room:
         title = title.strip()
         if not 1 <= len(title) <= 200:
             raise RoomError("invalid", "title must be 1-200 characters")
@@ -77,7 +91,17 @@ class RoomService:
             )
         if scheduled_at is not None and not 0 <= scheduled_at < 2**53:
             raise RoomError("invalid", "scheduled_at must be a time in milliseconds since the epoch")
-        room = Room(room_id, title, RoomStatus.SCHEDULED, now_ms(), scheduled_at=scheduled_at)
+        if qa_ask_interval_s is not None and not 0 <= qa_ask_interval_s <= 3600:
+            raise RoomError("invalid", "qa_ask_interval_s must be 0-3600 seconds")
+        room = Room(
+            room_id,
+            title,
+            RoomStatus.SCHEDULED,
+            now_ms(),
+            scheduled_at=scheduled_at,
+            qa_auto_approve=qa_auto_approve,
+            qa_ask_interval_s=qa_ask_interval_s,
+        )
         try:
             async with self.db.begin() as conn:
                 await conn.execute(insert(tables.rooms).values(**room.to_dict()))
@@ -160,6 +184,34 @@ class RoomService:
         updated = await self.require(room_id)
         if result.rowcount == 1:
             await self._announce(room_id, "room.status", updated.to_dict())
+        return updated
+
+    async def set_qa_settings(
+        self,
+        room_id: str,
+        *,
+        auto_approve: bool | None = None,
+        ask_interval_s: int | None = None,
+        actor: Identity | None = None,
+    ) -> Room:
+        """Change the room's Q&A settings; every instance learns them through a ``room.status`` event."""
+        _require_staff(actor, "changing Q&A settings")
+        changes: dict[str, Any] = {}
+        if auto_approve is not None:
+            changes["qa_auto_approve"] = auto_approve
+        if ask_interval_s is not None:
+            if not 0 <= ask_interval_s <= 3600:
+                raise RoomError("invalid", "ask_interval_s must be 0-3600 seconds")
+            changes["qa_ask_interval_s"] = ask_interval_s
+        room = await self.require(room_id)
+        if room.status is RoomStatus.ENDED:
+            raise RoomError("room_ended", "this lesson has ended")
+        if not changes:
+            return room
+        async with self.db.begin() as conn:
+            await conn.execute(update(tables.rooms).where(tables.rooms.c.id == room_id).values(**changes))
+        updated = await self.require(room_id)
+        await self._announce(room_id, "room.status", updated.to_dict())
         return updated
 
     async def banned_users(self, room_id: str) -> set[str]:

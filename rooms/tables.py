@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, CheckConstraint, Column, ForeignKey, Index, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 metadata = MetaData()
@@ -24,7 +37,11 @@ rooms = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("started_at", BigInteger, nullable=True),
     Column("ended_at", BigInteger, nullable=True),
+    Column("qa_auto_approve", Boolean, nullable=False, server_default=false()),
+    # NULL: the deployment's default (LIVE_QA_ASK_INTERVAL_S).
+    Column("qa_ask_interval_s", Integer, nullable=True),
     CheckConstraint("status IN ('scheduled', 'live', 'ended')", name="ck_rooms_status"),
+    CheckConstraint("qa_ask_interval_s IS NULL OR qa_ask_interval_s BETWEEN 0 AND 3600", name="ck_rooms_qa_interval"),
 )
 
 room_bans = Table(
@@ -50,4 +67,45 @@ chat_messages = Table(
     Column("deleted_at", BigInteger, nullable=True),
     Column("deleted_by", String(64), nullable=True),
     Index("ix_chat_messages_room_ts", "room_id", "ts"),
+)
+
+# Q&A, written behind from the live state (rooms/qa_recorder.py). ``version`` orders writes of one question
+# from different instances: a row is only overwritten by a newer version.
+questions = Table(
+    "questions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("room_id", String(64), ForeignKey("rooms.id"), nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("anonymous", Boolean, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("answer_text", Text, nullable=True),
+    Column("answer_private", Boolean, nullable=True),
+    Column("answer_live", Boolean, nullable=True),
+    Column("answered_by", String(64), nullable=True),
+    Column("answered_by_name", String(64), nullable=True),
+    Column("answered_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("published_at", BigInteger, nullable=True),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False),
+    CheckConstraint("state IN ('pending', 'published', 'answered', 'dismissed', 'hidden')", name="ck_questions_state"),
+    Index("ix_questions_room_created", "room_id", "created_at"),
+)
+
+# One row per (question, user) who ever voted; ``voted`` false after taking it back. ``seq`` is the room's
+# vote sequence at the time, so a late write from another instance never undoes a newer one.
+question_votes = Table(
+    "question_votes",
+    metadata,
+    Column("question_id", String(32), primary_key=True),  # no FK: the question row may be written later
+    Column("user_id", String(64), primary_key=True),
+    Column("room_id", String(64), nullable=False),
+    Column("voted", Boolean, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_question_votes_room", "room_id"),
 )

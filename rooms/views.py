@@ -17,9 +17,52 @@ from typing import Any
 from rooms.chat import ChatService
 from rooms.engine import Engine, Publication, StreamPosition
 from rooms.identity import Identity
+from rooms.qa import QuestionService
+from rooms.qa_audience import question_for
+from rooms.qa_store import QaSnapshot
 from rooms.service import Room, RoomService, check_admission
 
 RECENT_CHAT = 100
+
+
+@dataclass
+class QaView:
+    """The room's questions (full records, staff's view) and the pinned one, at ``position``. Loaded from
+    the Q&A store's snapshot, whose position may be ahead of the rest of the view."""
+
+    questions: dict[str, dict[str, Any]]
+    pin: str | None
+    position: StreamPosition
+
+    @classmethod
+    def from_snapshot(cls, snapshot: QaSnapshot) -> QaView:
+        return cls(snapshot.questions, snapshot.pin, snapshot.position)
+
+    def apply(self, pub: Publication) -> None:
+        if pub.epoch != self.position.epoch or pub.offset <= self.position.offset:
+            return
+        self.position = StreamPosition(pub.epoch, pub.offset)
+        if pub.type == "qa.question":
+            question = dict(pub.data["q"])  # a copy: vote counts are updated in place below
+            self.questions[question["id"]] = question
+            self.pin = pub.data["pin"]
+        elif pub.type == "qa.pin":
+            self.pin = pub.data["id"]
+        elif pub.type == "qa.votes":
+            for qid, votes in pub.data["counts"].items():
+                counted = self.questions.get(qid)
+                if counted is not None:
+                    counted["votes"] = votes
+
+    def visible_to(self, viewer: Identity, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` questions ``viewer`` may see (and the pinned one), oldest first."""
+        shown = [s for s in (question_for(q, viewer) for q in self.questions.values()) if s is not None]
+        shown.sort(key=lambda q: (q["ts"], q["id"]))
+        if len(shown) > limit:
+            newest = shown[-limit:]
+            pinned = [q for q in shown[:-limit] if q["id"] == self.pin]
+            shown = pinned + newest
+        return shown
 
 
 @dataclass
@@ -28,11 +71,13 @@ class RoomView:
 
     room: Room
     position: StreamPosition
+    qa: QaView
     chat: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CHAT))
     banned: set[str] = field(default_factory=set)
 
     def apply(self, pub: Publication) -> None:
         """Fold in the next publication; earlier ones (already in the view) are ignored."""
+        self.qa.apply(pub)
         if pub.epoch != self.position.epoch or pub.offset <= self.position.offset:
             return
         self.position = StreamPosition(pub.epoch, pub.offset)
@@ -51,10 +96,13 @@ class RoomView:
 class RoomViews:
     """The views of the rooms this instance follows."""
 
-    def __init__(self, engine: Engine, rooms: RoomService, chat: ChatService, history_limit: int) -> None:
+    def __init__(
+        self, engine: Engine, rooms: RoomService, chat: ChatService, qa: QuestionService, history_limit: int
+    ) -> None:
         self.engine = engine
         self.rooms = rooms
         self.chat = chat
+        self.qa = qa
         self.history_limit = history_limit
         self._views: dict[str, RoomView] = {}
         self._loading: dict[str, asyncio.Future[RoomView]] = {}
@@ -80,7 +128,8 @@ class RoomViews:
         try:
             history = await self.engine.history(room_id, None, self.history_limit)
             room = await self.rooms.require(room_id)
-            view = RoomView(room, history.position, banned=await self.rooms.banned_users(room_id))
+            qa = QaView.from_snapshot(await self.qa.snapshot(room_id))
+            view = RoomView(room, history.position, qa, banned=await self.rooms.banned_users(room_id))
             view.chat.extend(await self.chat.recent(room_id, history, RECENT_CHAT))
             for pub in self._arrived[room_id]:
                 view.apply(pub)
