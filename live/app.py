@@ -125,15 +125,19 @@ def create_app(settings: Settings) -> web.Application:
             housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
-            for sid in list(gateway.sessions):
-                with contextlib.suppress(Exception):
-                    await sio.disconnect(sid)
             await qa.close()
             await transcript.close()
             await qa_recorder.close()
             await engine.close()
             await db.dispose()
 
+    async def close_sockets(app: web.Application) -> None:
+        # aiohttp waits for open handlers before cleanup; websockets stay open until closed (aiohttp docs).
+        for sid in list(gateway.sessions):
+            with contextlib.suppress(Exception):
+                await sio.disconnect(sid)
+
+    app.on_shutdown.append(close_sockets)
     app.cleanup_ctx.append(lifecycle)
     return app
 

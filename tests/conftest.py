@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from live.app import SERVICES, Services, create_app
 from live.config import Settings
-from tests.support import TEST_SECRET, RedisServer, create_pg_database, drop_pg_database, free_port
+from tests.support import TEST_SECRET, RedisServer, ServerProcess, create_pg_database, drop_pg_database, free_port
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +58,22 @@ def test_settings(tmp_path: Path, **env: str) -> Settings:
         "LIVE_API_SECRET": "test-api-secret",
     }
     return Settings.from_env({**base, **env})
+
+
+@pytest.fixture
+async def two_instances(
+    tmp_path: Path, redis_server: RedisServer, redis_url: str, pg_url: str
+) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
+    """Two ``live-classroom serve`` processes on one redis-server and one PostgreSQL database."""
+    env = {"LIVE_REDIS_URL": redis_url, "LIVE_DATABASE_URL": pg_url}
+    a = ServerProcess(tmp_path / "a", {**env, "LIVE_INSTANCE_ID": "a"})
+    b = ServerProcess(tmp_path / "b", {**env, "LIVE_INSTANCE_ID": "b"})
+    try:
+        await asyncio.gather(a.start(), b.start())
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
 
 
 AppFactory = Callable[..., Awaitable[tuple[str, Services]]]

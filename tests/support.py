@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import secrets
 import shutil
@@ -125,6 +126,18 @@ async def joined(*members: Member) -> None:
         await m.join()
 
 
+async def joined_together(members: list[Member], at_once: int = 50) -> None:
+    """Connect and join many members, ``at_once`` at a time."""
+    for i in range(0, len(members), at_once):
+        chunk = members[i : i + at_once]
+        await asyncio.gather(*(m.connect() for m in chunk))
+        await asyncio.gather(*(m.join() for m in chunk))
+
+
+#: Admin API credentials of the test servers, as an Authorization header.
+ADMIN_AUTH = {"Authorization": "Basic " + base64.b64encode(b"test:test-api-secret").decode()}
+
+
 def token(
     room: str,
     user: str,
@@ -198,13 +211,25 @@ class ServerProcess:
             return r.status, await r.json()
 
 
+class RecordingClient(socketio.AsyncClient):  # type: ignore[misc]
+    """A Socket.IO client that also keeps every raw Socket.IO packet it receives, as sent on the wire."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.raw: list[str] = []
+
+    async def _handle_eio_message(self, data: Any) -> None:
+        self.raw.append(data if isinstance(data, str) else repr(data))
+        await super()._handle_eio_message(data)
+
+
 @dataclass
 class Member:
     """A real Socket.IO client that records what it receives and keeps its room position."""
 
     url: str
     jwt: str
-    sio: socketio.AsyncClient = field(default_factory=lambda: socketio.AsyncClient(reconnection=False))
+    sio: RecordingClient = field(default_factory=lambda: RecordingClient(reconnection=False))
     events: list[dict[str, Any]] = field(default_factory=list)
     other: list[tuple[str, Any]] = field(default_factory=list)
     reloads: list[dict[str, Any]] = field(default_factory=list)
@@ -238,7 +263,10 @@ class Member:
             payload["since"] = {"epoch": self.epoch, "offset": self.offset}
         answer = await self.sio.call("join", payload, timeout=10)
         assert answer["ok"], answer
-        self.snapshot = answer
+        if answer.get("recovered"):
+            self.events.extend(answer["events"])  # what it missed, in order; the earlier snapshot still holds
+        else:
+            self.snapshot = answer
         self.epoch, self.offset = answer["position"]["epoch"], answer["position"]["offset"]
         return dict(answer)
 
@@ -254,6 +282,37 @@ class Member:
             error = self.connect_errors[-1]  # {"message", "data": {"code", "message"}}
             return dict(error.get("data") or {})
         raise AssertionError("the connection was accepted")
+
+    def qa(self) -> tuple[dict[str, dict[str, Any]], str | None]:
+        """The Q&A this member's client would show: the join snapshot, then every later event folded in
+        (what static/client.js does): ``(questions by id, pinned id)``."""
+        snap = self.snapshot or {}
+        qa = snap.get("qa") or {"questions": [], "pin": None}
+        questions = {q["id"]: dict(q) for q in qa["questions"]}
+        pin = qa["pin"]
+        since = (snap.get("position") or {}).get("offset", 0)
+        for e in self.events:
+            if e["offset"] <= since:
+                continue
+            data = e["data"]
+            if e["type"] == "qa.question":
+                q = data["q"]
+                if q.get("removed"):
+                    questions.pop(q["id"], None)
+                else:
+                    questions[q["id"]] = dict(q)
+                pin = data["pin"]
+            elif e["type"] == "qa.pin":
+                pin = data["id"]
+            elif e["type"] == "qa.votes":
+                for qid, n in data["counts"].items():
+                    if qid in questions:
+                        questions[qid]["votes"] = n
+        return questions, pin
+
+    def votes(self, question_id: str) -> int | None:
+        question = self.qa()[0].get(question_id)
+        return None if question is None else int(question["votes"])
 
     def chat_texts(self) -> list[str]:
         return [e["data"]["text"] for e in self.events if e["type"] == "chat.message"]

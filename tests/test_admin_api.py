@@ -138,8 +138,14 @@ async def test_openapi_document_names_every_admin_route(api: tuple[str, Services
 async def test_every_admin_route_needs_credentials_and_reads_reject_bad_input(api: tuple[str, Services]) -> None:
     url, services = api
     await services.rooms.create("Known", room_id="known")
-    routes = [("POST", "/api/rooms"), ("GET", "/api/rooms"), ("GET", "/api/rooms/known"),
-              ("POST", "/api/rooms/known/live"), ("POST", "/api/rooms/known/end"), ("POST", "/api/rooms/known/tokens")]
+    routes = [
+        ("POST", "/api/rooms"),
+        ("GET", "/api/rooms"),
+        ("GET", "/api/rooms/known"),
+        ("POST", "/api/rooms/known/live"),
+        ("POST", "/api/rooms/known/end"),
+        ("POST", "/api/rooms/known/tokens"),
+    ]
     async with aiohttp.ClientSession() as http:
         for method, path in routes:
             async with http.request(method, f"{url}{path}", json={}) as r:

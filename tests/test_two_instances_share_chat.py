@@ -3,31 +3,12 @@ agrees on both, and staff actions reach members on the other instance."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
 from rooms.identity import Role
 from tests.support import Member, RedisServer, ServerProcess, joined, token, wait_until
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-async def two_instances(
-    tmp_path: Path, redis_url: str, pg_url: str
-) -> AsyncIterator[tuple[ServerProcess, ServerProcess]]:
-    env = {"LIVE_REDIS_URL": redis_url, "LIVE_DATABASE_URL": pg_url}
-    a = ServerProcess(tmp_path / "a", {**env, "LIVE_INSTANCE_ID": "a"})
-    b = ServerProcess(tmp_path / "b", {**env, "LIVE_INSTANCE_ID": "b"})
-    try:
-        await a.start()
-        await b.start()
-        yield a, b
-    finally:
-        a.stop()
-        b.stop()
 
 
 async def test_teacher_and_students_on_different_instances_chat_in_order(
