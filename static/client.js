@@ -16,6 +16,8 @@ const MESSAGES = {
   unavailable: 'The server is having trouble. Nothing was saved; try again in a moment.',
   not_joined: 'Still connecting; try again in a moment.',
   not_found: 'That no longer exists.',
+  invalid_state: 'That question has moved on; refresh the list.',
+  own_question: 'You cannot vote on your own question.',
   invalid: 'The server did not understand that request.',
   timeout: 'No answer from the server; it may not have been done.',
 };
@@ -37,9 +39,10 @@ export function readToken() {
 /**
  * One user's connection to the room named by the token.
  *
- * State lives in plain fields (room, me, members, headCount, chat, position, conn). Every change is
- * announced as a `change` event whose `detail.what` is one of: conn, room, members, count, chat,
- * reset (everything was replaced). Server `error` events are announced as `failure`.
+ * State lives in plain fields (room, me, members, headCount, chat, questions, pin, voted, position,
+ * conn). Every change is announced as a `change` event whose `detail.what` is one of: conn, room,
+ * members, count, chat, qa, reset (everything was replaced). Server `error` events are announced as
+ * `failure`.
  */
 export class RoomClient extends EventTarget {
   constructor(token) {
@@ -49,6 +52,9 @@ export class RoomClient extends EventTarget {
     this.members = new Map(); // user_id -> Member
     this.headCount = 0;
     this.chat = new Map(); // id -> ChatMessage, in arrival order
+    this.questions = new Map(); // id -> Question, as this user may see it
+    this.pin = null; // id of the question staff are answering now
+    this.voted = new Set(); // ids of questions this user has upvoted
     this.position = null; // {epoch, offset} of the last applied room event
     this.conn = {state: 'connecting', message: ''};
 
@@ -156,6 +162,9 @@ export class RoomClient extends EventTarget {
       this.emitChange('count');
     } else {
       this.chat = new Map(answer.chat.map((m) => [m.id, m]));
+      this.questions = new Map(answer.qa.questions.map((q) => [q.id, q]));
+      this.pin = answer.qa.pin;
+      this.voted = new Set(answer.qa.voted);
       this.position = answer.position;
       this.emitChange('reset');
     }
@@ -198,8 +207,27 @@ export class RoomClient extends EventTarget {
         if (d.status === 'ended') this.setConn('ended', MESSAGES.room_ended);
         this.emitChange('room');
         break;
+      case 'qa.question':
+        if (d.q.removed) {
+          this.questions.delete(d.q.id);
+          this.voted.delete(d.q.id);
+        } else this.questions.set(d.q.id, d.q);
+        this.pin = d.pin;
+        this.emitChange('qa');
+        break;
+      case 'qa.pin':
+        this.pin = d.id;
+        this.emitChange('qa');
+        break;
+      case 'qa.votes':
+        for (const [id, votes] of Object.entries(d.counts)) {
+          const q = this.questions.get(id);
+          if (q) this.questions.set(id, {...q, votes});
+        }
+        this.emitChange('qa');
+        break;
       default:
-        break; // types added later (Q&A, gifts, …) are ignored by pages that do not know them
+        break; // `skip` (an event meant for others) and types added later (gifts, …)
     }
   }
 
@@ -217,6 +245,29 @@ export class RoomClient extends EventTarget {
     if (answer.ok && !this.chat.has(answer.message.id)) {
       this.chat.set(answer.message.id, answer.message);
       this.emitChange('chat', {added: answer.message});
+    }
+    return answer;
+  }
+
+  /** Ask a question; on success it shows at once (pending ones only to the asker and staff). */
+  async ask(text, anonymous) {
+    const answer = await this.request('qa:ask', {text, anonymous});
+    if (answer.ok && !this.questions.has(answer.question.id)) {
+      this.questions.set(answer.question.id, {...answer.question, mine: true});
+      this.emitChange('qa');
+    }
+    return answer;
+  }
+
+  /** Upvote (`up`) or take the vote back; the count shown is the server's answer. */
+  async vote(id, up) {
+    const answer = await this.request('qa:vote', {id, up});
+    if (answer.ok) {
+      if (answer.voted) this.voted.add(id);
+      else this.voted.delete(id);
+      const q = this.questions.get(id);
+      if (q) this.questions.set(id, {...q, votes: answer.votes});
+      this.emitChange('qa');
     }
     return answer;
   }

@@ -1,5 +1,6 @@
 // The room (student) and studio (staff) pages. Text from users is only ever set with textContent.
 import {RoomClient, describeError, readToken} from '/static/client.js';
+import {mountQa} from '/static/qa.js';
 
 const $ = (id) => document.getElementById(id);
 const studio = document.body.dataset.page === 'studio';
@@ -194,6 +195,7 @@ function start() {
     }
   });
   client.addEventListener('failure', ({detail}) => setNotice(describeError(detail)));
+  mountQa(client, studio);
   $('chat-form').addEventListener('submit', sendChat);
   if (studio) {
     $('go-live').addEventListener('click', () => staffAction('room:go_live', {}));

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, Page, expect
 
 from tests.support import ServerProcess
 
@@ -90,3 +90,14 @@ async def open_page(browser: Browser, url: str, **context: Any) -> Watched:
     page.on("pageerror", lambda error: watched.errors.append(str(error)))
     await page.goto(url)
     return watched
+
+
+async def open_room(server: ServerProcess, browser: Browser, room: str) -> tuple[Watched, Watched]:
+    """The teacher's studio first (a staff token creates the room), then a student's page on a phone."""
+    teacher_url, student_url = mint_links(server, room, ("t1", "Teacher", "teacher"), ("s1", "Student Sam", "student"))
+    assert "/studio#token=" in teacher_url and "/room#token=" in student_url
+    teacher = await open_page(browser, teacher_url, **DESKTOP)
+    await expect(teacher.page.get_by_test_id("conn-state")).to_have_attribute("data-state", "live")
+    student = await open_page(browser, student_url, **PHONE)
+    await expect(student.page.get_by_test_id("conn-state")).to_have_attribute("data-state", "live")
+    return teacher, student

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, async_playwright
 
 from live.app import SERVICES, Services, create_app
 from live.config import Settings
+from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, serve
 from tests.support import TEST_SECRET, RedisServer, ServerProcess, create_pg_database, drop_pg_database, free_port
 
 
@@ -74,6 +76,24 @@ async def two_instances(
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.fixture(scope="module")
+def page_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One ``live-classroom serve`` per browser test module, serving the pages."""
+    with serve(tmp_path_factory.mktemp("live")) as running:
+        yield running
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian Chromium."""
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield launched
+        finally:
+            await launched.close()
 
 
 AppFactory = Callable[..., Awaitable[tuple[str, Services]]]

@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, DESKTOP, PHONE, Watched, mint_links, open_page, serve
+from tests.browser_support import Watched, open_room
 from tests.support import ServerProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 
 XSS = "<img src=x onerror=alert(1)>"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with serve(tmp_path_factory.mktemp("live")) as running:
-        yield running
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-async def open_room(server: ServerProcess, browser: Browser, room: str) -> tuple[Watched, Watched]:
-    """The teacher's studio first (a staff token creates the room), then a student's page on a phone."""
-    teacher_url, student_url = mint_links(server, room, ("t1", "Teacher", "teacher"), ("s1", "Student Sam", "student"))
-    assert "/studio#token=" in teacher_url and "/room#token=" in student_url
-    teacher = await open_page(browser, teacher_url, **DESKTOP)
-    await expect(teacher.page.get_by_test_id("conn-state")).to_have_attribute("data-state", "live")
-    student = await open_page(browser, student_url, **PHONE)
-    await expect(student.page.get_by_test_id("conn-state")).to_have_attribute("data-state", "live")
-    return teacher, student
 
 
 async def say(who: Watched, text: str) -> None:
@@ -48,8 +19,8 @@ async def say(who: Watched, text: str) -> None:
     await expect(who.page.get_by_test_id("chat-input")).to_have_value("")
 
 
-async def test_chat_presence_and_plain_text(server: ServerProcess, browser: Browser) -> None:
-    teacher, student = await open_room(server, browser, "room-chat")
+async def test_chat_presence_and_plain_text(page_server: ServerProcess, browser: Browser) -> None:
+    teacher, student = await open_room(page_server, browser, "room-chat")
 
     sent = []
     for author, text in ((student, "Hello from the student"), (teacher, "Welcome, Sam"), (student, XSS)):
@@ -70,8 +41,8 @@ async def test_chat_presence_and_plain_text(server: ServerProcess, browser: Brow
         assert who.errors == []
 
 
-async def test_recovers_missed_messages_after_reconnect(server: ServerProcess, browser: Browser) -> None:
-    teacher, student = await open_room(server, browser, "room-recover")
+async def test_recovers_missed_messages_after_reconnect(page_server: ServerProcess, browser: Browser) -> None:
+    teacher, student = await open_room(page_server, browser, "room-recover")
     await say(teacher, "before")
     await expect(student.page.get_by_test_id("chat-text")).to_have_text(["before"])
 
@@ -89,8 +60,8 @@ async def test_recovers_missed_messages_after_reconnect(server: ServerProcess, b
     assert student.errors == []
 
 
-async def test_rate_limit_error_is_shown(server: ServerProcess, browser: Browser) -> None:
-    _, student = await open_room(server, browser, "room-limits")
+async def test_rate_limit_error_is_shown(page_server: ServerProcess, browser: Browser) -> None:
+    _, student = await open_room(page_server, browser, "room-limits")
     page = student.page
     text, send, error = (
         page.get_by_test_id("chat-input"),

@@ -150,7 +150,7 @@ async def test_private_answer_reaches_only_the_asker_and_staff(start_app: AppFac
 
 
 async def test_reconnect_catches_up_and_export_has_everything(start_app: AppFactory) -> None:
-    url, services = await start_app()
+    url, _ = await start_app()
     teacher = Member(url, token(ROOM, "teacher", Role.TEACHER))
     anon = Member(url, token(ROOM, "anon", name="Anon Ymous"))
     voter = Member(url, token(ROOM, "voter"))
