@@ -92,6 +92,9 @@ def create_app(settings: Settings) -> web.Application:
         max_http_buffer_size=MAX_BODY_BYTES,
         ping_interval=25,  # Socket.IO's defaults; pings are most of an idle connection's cost
         ping_timeout=20,
+        # Each connection's events are handled in order, in its reader task: no task per event, and a
+        # client's vote-then-unvote can never be applied the other way round.
+        async_handlers=False,
         logger=False,
         engineio_logger=False,
     )

@@ -4,7 +4,6 @@ and delivers room events to the sockets on this instance (it is the follower's `
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from live.auth import TokenError, verify_token
 from live.config import Settings
 from live.metrics import Metrics
-from live.sio_server import ACK_REQUESTED, ClassroomSocketServer
+from live.sio_server import ACK_REQUESTED, PACKET_SIZE, ClassroomSocketServer
 from rooms.chat import ChatService
 from rooms.engine import Engine, EngineUnavailable, Publication, now_ms
 from rooms.errors import RoomError, unavailable
@@ -167,8 +166,10 @@ class SocketGateway:
     def _guarded(
         self, event: str, schema: type[BaseModel], handler: Handler, needs_join: bool
     ) -> Callable[..., Awaitable[Any]]:
+        received = self.metrics.events_in.labels(event)  # labels() is slow: looked up once
+
         async def guarded(sid: str, *args: Any) -> Any:
-            self.metrics.events_in.labels(event).inc()
+            received.inc()
             try:
                 session = self.sessions.get(sid)
                 if session is None:
@@ -209,8 +210,8 @@ class SocketGateway:
         if len(args) != 1:
             raise RoomError("invalid", "send exactly one JSON object")
         payload = args[0]
-        if len(json.dumps(payload, separators=(",", ":"))) > self.settings.max_event_bytes:
-            raise RoomError("too_large", f"payload over {self.settings.max_event_bytes} bytes")
+        if PACKET_SIZE.get() > self.settings.max_event_bytes:
+            raise RoomError("too_large", f"event over {self.settings.max_event_bytes} bytes")
         if not isinstance(payload, dict):
             raise RoomError("invalid", "payload must be a JSON object")
         return payload

@@ -5,6 +5,8 @@ pyproject.toml and ``tests/test_socketio_internals.py`` fails loudly if an upgra
 
 - ``_handle_event_internal`` receives the ack id: we record whether the client asked for an ack, so an
   error for an event sent without one is reported on the ``error`` event instead of vanishing.
+- ``_handle_eio_message`` sees each raw packet: we record its size, so the per-event size limit costs a
+  ``len()`` instead of encoding the payload again.
 - Websockets without permessage-deflate. aiohttp's ``WebSocketResponse`` accepts it by default, and every
   browser offers it, so each delivery would be deflated once per recipient. Node's Engine.IO has it off
   by default too (``perMessageDeflate: false``).
@@ -30,6 +32,8 @@ from engineio.async_drivers import aiohttp as eio_aiohttp
 from socketio import packet as sio_packet
 
 ACK_REQUESTED: ContextVar[bool] = ContextVar("ack_requested", default=False)
+#: Size of the raw Socket.IO packet being handled (event name, ack id and JSON payload), in characters.
+PACKET_SIZE: ContextVar[int] = ContextVar("packet_size", default=0)
 NAMESPACE = "/"
 SLOW_CONSUMER_BYTES = 1 << 20
 
@@ -71,6 +75,11 @@ class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(async_mode="aiohttp", **kwargs)
         self.eio._async = {**self.eio._async, "websocket": UncompressedWebSocket}
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        # Handlers run in tasks created from here, which copy this context.
+        PACKET_SIZE.set(len(data) if isinstance(data, str | bytes) else 0)
+        await super()._handle_eio_message(eio_sid, data)
 
     async def _handle_event_internal(  # type: ignore[no-untyped-def]
         self, server, sid, eio_sid, data, namespace, id

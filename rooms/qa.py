@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -55,8 +54,7 @@ def qa_store_for(engine: Engine) -> QaStore:
 
 @dataclass
 class _Pump:
-    again: bool = False
-    last: float = 0.0
+    again: bool = False  # votes arrived while a flush was under way
 
 
 class QuestionService:
@@ -219,8 +217,8 @@ class QuestionService:
             del self._restoring[room_id]
 
     def _kick(self, room_id: str) -> None:
-        """Publish vote counts soon: at once if the room's last count publication here is old enough,
-        else when ``vote_flush_ms`` has passed since it (the votes meanwhile go out together)."""
+        """Publish vote counts soon: at once if the room's last count publication (from any instance) is
+        old enough, else when ``vote_flush_ms`` has passed since it; the votes meanwhile go out together."""
         pump = self._pumps.get(room_id)
         if pump is not None:
             pump.again = True
@@ -231,19 +229,20 @@ class QuestionService:
         task.add_done_callback(self._tasks.discard)
 
     async def _pump(self, room_id: str, pump: _Pump) -> None:
-        interval = self.policy.vote_flush_ms / 1000
         try:
             while True:
-                wait = pump.last + interval - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
                 pump.again = False
-                pump.last = time.monotonic()
                 try:
-                    await self._loaded(room_id, lambda: self.store.flush_votes(room_id))
+                    flush = await self._loaded(
+                        room_id, lambda: self.store.flush_votes(room_id, self.policy.vote_flush_ms)
+                    )
                 except EngineUnavailable:
-                    pump.again = True  # the counts stay dirty in the store; try again
-                    await asyncio.sleep(0.5)
+                    await asyncio.sleep(0.5)  # the counts stay dirty in the store; try again
+                    continue
+                if flush.retry_in_ms:
+                    # Counts went out less than vote_flush_ms ago (from here or another instance).
+                    await asyncio.sleep(flush.retry_in_ms / 1000)
+                    continue
                 if not pump.again:
                     return
         except asyncio.CancelledError:

@@ -14,6 +14,8 @@ room from SQL with :meth:`QaStore.restore` first.
 from __future__ import annotations
 
 import json
+import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -59,6 +61,16 @@ class Change:
 
     question: dict[str, Any]
     publication: Publication
+
+
+@dataclass(frozen=True)
+class Flush:
+    """The result of :meth:`QaStore.flush_votes`: the count publication, or ``None`` when there was
+    nothing to publish or when the room's last count publication (by any instance) was less than the
+    minimum interval ago; then ``retry_in_ms`` says when to try again."""
+
+    publication: Publication | None
+    retry_in_ms: int = 0
 
 
 @dataclass
@@ -121,8 +133,10 @@ class QaStore(ABC):
         """Add or take back one user's vote on a visible question that is not their own."""
 
     @abstractmethod
-    async def flush_votes(self, room_id: str) -> Publication | None:
-        """Publish ``qa.votes`` with the current count of every question voted on since the last flush."""
+    async def flush_votes(self, room_id: str, min_interval_ms: int = 0) -> Flush:
+        """Publish ``qa.votes`` with the current count of every question voted on since the last flush,
+        unless the room's last count publication was less than ``min_interval_ms`` ago: counts go out
+        at most that often per room however many instances take votes."""
 
     @abstractmethod
     async def snapshot(self, room_id: str) -> QaSnapshot: ...
@@ -148,6 +162,7 @@ class _MemoryRoom:
     dirty: set[str] = field(default_factory=set)
     pin: str | None = None
     seq: int = 0
+    flushed: float = -1e9  # monotonic time of the last count publication
 
 
 class MemoryQaStore(QaStore):
@@ -233,13 +248,18 @@ class MemoryQaStore(QaStore):
             room.dirty.add(question_id)
         return VoteResult(changed, room.counts[question_id], room.seq)
 
-    async def flush_votes(self, room_id: str) -> Publication | None:
+    async def flush_votes(self, room_id: str, min_interval_ms: int = 0) -> Flush:
         room = self._room(room_id)
         if not room.dirty:
-            return None
+            return Flush(None)
+        now = time.monotonic()
+        wait_ms = math.ceil((room.flushed + min_interval_ms / 1000 - now) * 1000)
+        if wait_ms > 0:
+            return Flush(None, retry_in_ms=wait_ms)
+        room.flushed = now
         counts = {qid: room.counts.get(qid, 0) for qid in sorted(room.dirty)}
         room.dirty.clear()
-        return await self.engine.publish(room_id, "qa.votes", {"counts": counts, "seq": room.seq})
+        return Flush(await self.engine.publish(room_id, "qa.votes", {"counts": counts, "seq": room.seq}))
 
     async def snapshot(self, room_id: str) -> QaSnapshot:
         room = self._room(room_id)

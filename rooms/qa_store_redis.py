@@ -22,6 +22,7 @@ from rooms.engine import EngineUnavailable, Publication, StreamPosition
 from rooms.engine_redis import UNAVAILABLE_ERRORS, RedisEngine
 from rooms.qa_store import (
     Change,
+    Flush,
     QaNotLoaded,
     QaSnapshot,
     QaStore,
@@ -124,8 +125,8 @@ return {'ok', r[1], r[2], r[3]}
 """
 )
 
-# ARGV from 5: (question id, user id, '1' up | '0' down) per vote. Returns per vote: status, changed,
-# count, seq, state.
+# ARGV from 5: (question id, user id, '1' up | '0' down) per vote. Returns per vote one string
+# "status changed count seq state" (one flat reply is much cheaper to parse than nested ones).
 VOTE_LUA = """
 if redis.call('hget', KEYS[8], 'loaded') ~= '1' then return {'not_loaded'} end
 local out = {}
@@ -133,13 +134,13 @@ for i = 5, #ARGV, 3 do
   local qid, user, up = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
   local st = redis.call('hget', KEYS[4], qid)
   if not st then
-    table.insert(out, {'not_found', 0, 0, 0, ''})
+    table.insert(out, 'not_found 0 0 0 -')
   else
     local state, author = string.match(st, '^(%a+)|(.*)$')
     if state ~= 'published' and state ~= 'answered' then
-      table.insert(out, {'closed', 0, 0, 0, state})
+      table.insert(out, 'closed 0 0 0 ' .. state)
     elseif author == user then
-      table.insert(out, {'own', 0, 0, 0, state})
+      table.insert(out, 'own 0 0 0 ' .. state)
     else
       local f = qid .. '|' .. user
       local changed
@@ -150,10 +151,10 @@ for i = 5, #ARGV, 3 do
         seq = redis.call('hincrby', KEYS[8], 'seq', 1)
         redis.call('sadd', KEYS[7], qid)
       else
-        n = tonumber(redis.call('hget', KEYS[6], qid) or '0')
-        seq = tonumber(redis.call('hget', KEYS[8], 'seq') or '0')
+        n = redis.call('hget', KEYS[6], qid) or '0'
+        seq = redis.call('hget', KEYS[8], 'seq') or '0'
       end
-      table.insert(out, {'ok', changed, n, seq, state})
+      table.insert(out, 'ok ' .. changed .. ' ' .. n .. ' ' .. seq .. ' ' .. state)
     end
   end
 end
@@ -164,8 +165,13 @@ FLUSH_VOTES_LUA = (
     PRELUDE
     + """
 if not loaded() then return {'not_loaded'} end
+if redis.call('scard', KEYS[7]) == 0 then return {'none'} end
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local wait = tonumber(redis.call('hget', KEYS[8], 'flushed') or '0') + tonumber(ARGV[5]) - now
+if wait > 0 then return {'wait', wait} end
+redis.call('hset', KEYS[8], 'flushed', now)
 local ids = redis.call('smembers', KEYS[7])
-if #ids == 0 then return {'none'} end
 redis.call('del', KEYS[7])
 local counts = {}
 for _, id in ipairs(ids) do counts[id] = tonumber(redis.call('hget', KEYS[6], id) or '0') end
@@ -322,11 +328,12 @@ class RedisQaStore(QaStore):
                     for *_, future in batch:
                         future.cancel()
                     raise
-                for (*_, future), (status, changed, count, seq, state) in zip(batch, results, strict=True):
+                for (*_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
+                    status, changed, count, seq, state = result.split(" ")
                     if status == "ok":
-                        future.set_result(VoteResult(changed == 1, int(count), int(seq)))
+                        future.set_result(VoteResult(changed == "1", int(count), int(seq)))
                     else:
                         future.set_exception(vote_error(status, state))
         finally:
@@ -334,9 +341,13 @@ class RedisQaStore(QaStore):
             if not pending.votes and self._pending.get(room_id) is pending:
                 del self._pending[room_id]
 
-    async def flush_votes(self, room_id: str) -> Publication | None:
-        result = await self._run(self._flush, room_id)
-        return None if result[0] == "none" else self._publication(room_id, result)
+    async def flush_votes(self, room_id: str, min_interval_ms: int = 0) -> Flush:
+        result = await self._run(self._flush, room_id, min_interval_ms)
+        if result[0] == "none":
+            return Flush(None)
+        if result[0] == "wait":
+            return Flush(None, retry_in_ms=int(result[1]))
+        return Flush(self._publication(room_id, result))
 
     async def snapshot(self, room_id: str) -> QaSnapshot:
         _, epoch, top, pin, flat_questions, flat_counts = await self._run(self._snapshot, room_id)

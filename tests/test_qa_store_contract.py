@@ -186,15 +186,20 @@ async def test_flush_publishes_current_counts_of_voted_questions_only(
     a, b, c = question(), question(), question()
     for q in (a, b, c):
         await store.ask(room, q)
-    assert await store.flush_votes(room) is None, "nothing voted, nothing published"
+    assert (await store.flush_votes(room)).publication is None, "nothing voted, nothing published"
     for user in ("u1", "u2", "u3"):
         await store.vote(room, a["id"], user, True)
     last = await store.vote(room, b["id"], "u1", True)
-    pub = await store.flush_votes(room)
+    pub = (await store.flush_votes(room)).publication
     assert pub is not None and pub.type == "qa.votes"
     assert pub.data == {"counts": {a["id"]: 3, b["id"]: 1}, "seq": last.seq}
-    assert await store.flush_votes(room) is None
-    assert await store.voted(room, "u1", [a["id"], b["id"], c["id"]]) == {a["id"], b["id"]}
+    assert (await store.flush_votes(room)).publication is None
+    await store.vote(room, c["id"], "u1", True)
+    held = await store.flush_votes(room, min_interval_ms=60_000)
+    assert held.publication is None and 0 < held.retry_in_ms <= 60_000, "counts went out a moment ago: wait"
+    later = (await store.flush_votes(room)).publication
+    assert later is not None and later.data["counts"] == {c["id"]: 1}, "the held counts are not lost"
+    assert await store.voted(room, "u1", [a["id"], b["id"], c["id"]]) == {a["id"], b["id"], c["id"]}
 
     async def arrived() -> list[Publication]:
         for _ in range(100):
@@ -204,7 +209,7 @@ async def test_flush_publishes_current_counts_of_voted_questions_only(
             await asyncio.sleep(0.02)
         return []
 
-    assert [p.data for p in await arrived()] == [pub.data], "the flush reaches following instances"
+    assert [p.data for p in await arrived()] == [pub.data, later.data], "flushes reach following instances"
 
 
 async def test_pin_only_visible_questions_and_unpin_when_they_leave(store: QaStore) -> None:

@@ -33,7 +33,10 @@ def test_socketio_and_engineio_are_pinned_to_the_versions_installed() -> None:
 def test_private_hooks_still_have_the_shapes_we_use() -> None:
     params = list(inspect.signature(socketio.AsyncServer._handle_event_internal).parameters)
     assert params == ["self", "server", "sid", "eio_sid", "data", "namespace", "id"]
+    params = list(inspect.signature(socketio.AsyncServer._handle_eio_message).parameters)
+    assert params == ["self", "eio_sid", "data"]
     server = ClassroomSocketServer()
+    assert server.eio.handlers["message"] == server._handle_eio_message, "our override receives raw packets"
     assert "websocket" in server.eio._async and isinstance(server.eio.sockets, dict)
     assert "queue" in inspect.getsource(engineio.async_socket.AsyncSocket.send)
     assert "self.queue.get()" in inspect.getsource(engineio.async_socket.AsyncSocket.poll)
