@@ -145,6 +145,8 @@ async def test_every_admin_route_needs_credentials_and_reads_reject_bad_input(ap
         ("POST", "/api/rooms/known/live"),
         ("POST", "/api/rooms/known/end"),
         ("POST", "/api/rooms/known/tokens"),
+        ("PATCH", "/api/rooms/known"),
+        ("GET", "/api/rooms/known/questions"),
     ]
     async with aiohttp.ClientSession() as http:
         for method, path in routes:
@@ -155,3 +157,24 @@ async def test_every_admin_route_needs_credentials_and_reads_reject_bad_input(ap
         async with http.get(f"{url}/api/rooms/missing", headers=AUTH) as r:
             assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
     assert (await services.rooms.require("known")).status.value == "scheduled"
+
+
+async def test_room_settings_and_question_export_reject_bad_input(api: tuple[str, Services]) -> None:
+    url, services = api
+    await services.rooms.create("Known", room_id="known")
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        for body in ({"qa_ask_interval_s": 3601}, {"qa_auto_approve": "yes"}, {"title": "renamed"}, []):
+            async with http.patch(f"{url}/api/rooms/known", json=body) as r:
+                assert r.status == 400 and (await r.json())["error"]["code"] == "invalid", body
+        async with http.patch(f"{url}/api/rooms/missing", json={"qa_auto_approve": True}) as r:
+            assert r.status == 404
+        async with http.get(f"{url}/api/rooms/known/questions", params={"format": "xml"}) as r:
+            assert r.status == 400 and (await r.json())["error"]["code"] == "invalid"
+        async with http.get(f"{url}/api/rooms/missing/questions") as r:
+            assert r.status == 404
+        async with http.get(f"{url}/api/rooms/known/questions") as r:
+            assert r.status == 200 and await r.json() == {"room": "known", "questions": []}
+        async with http.patch(f"{url}/api/rooms/known", json={"qa_ask_interval_s": 0}) as r:
+            assert r.status == 200 and (await r.json())["qa_ask_interval_s"] == 0
+    room = await services.rooms.require("known")
+    assert (room.qa_auto_approve, room.qa_ask_interval_s, room.title) == (False, 0, "Known")

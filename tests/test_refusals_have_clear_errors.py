@@ -256,6 +256,15 @@ async def test_chat_text_that_looks_like_html_is_stored_and_sent_verbatim(room: 
         ("member:remove", {"user_id": "t1"}),  # staff removing themselves
         ("room:go_live", {"now": True}),
         ("room:end", {"reason": "done"}),
+        ("qa:moderate", {"id": "q" + "0" * 16, "action": "delete"}),
+        ("qa:moderate", {"id": "not-a-question", "action": "approve"}),
+        ("qa:answer", {"id": "q" + "0" * 16, "text": 5}),
+        ("qa:answer", {"id": "q" + "0" * 16, "text": "   "}),
+        ("qa:pin", {}),
+        ("qa:settings", {"ask_interval_s": -1}),
+        ("qa:settings", {"ask_interval_s": 3601}),
+        ("qa:settings", {"auto_approve": 1}),
+        ("qa:ask", {"text": "ok", "extra": True}),
     ],
 )
 async def test_staff_events_with_bad_payloads_are_refused_and_change_nothing(
