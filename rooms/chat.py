@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import secrets
 from typing import Any
 
@@ -17,11 +14,10 @@ from rooms.engine import Engine, EngineUnavailable, History, now_ms
 from rooms.errors import RoomError, forbidden, rate_limited, unavailable
 from rooms.identity import Identity
 from rooms.policy import ChatPolicy
+from rooms.write_behind import WriteBehind
 
-log = logging.getLogger(__name__)
 
-
-class ChatTranscript:
+class ChatTranscript(WriteBehind):
     """Keeps the chat in SQL for reports and for rooms whose bus history was lost.
 
     Written behind: rows are batched and inserted every ``interval_s`` so chat latency never waits on
@@ -29,47 +25,24 @@ class ChatTranscript:
     """
 
     def __init__(self, db: AsyncEngine, interval_s: float = 0.2, batch: int = 500) -> None:
+        super().__init__(interval_s)
         self.db = db
         self.reads = tables.autocommit(db)
-        self.interval_s = interval_s
         self.batch = batch
         self._rows: list[dict[str, Any]] = []
         self._deletions: list[tuple[str, int, str]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="chat-transcript")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        try:
-            await self.flush()
-        except SQLAlchemyError:
-            log.exception("chat transcript: %d messages could not be written at shutdown", len(self._rows))
 
     def add(self, room_id: str, message: dict[str, Any]) -> None:
         self._rows.append({"room_id": room_id, **message})
         if len(self._rows) >= self.batch:
-            self._wake.set()
+            self.wake()
 
     def delete(self, message_id: str, by_user: str) -> None:
         self._deletions.append((message_id, now_ms(), by_user))
-        self._wake.set()
+        self.wake()
 
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
-            self._wake.clear()
-            try:
-                await self.flush()
-            except SQLAlchemyError:
-                log.exception("chat transcript flush failed; will retry")
-                await asyncio.sleep(1.0)
+    def pending(self) -> str:
+        return f"{len(self._rows)} messages and {len(self._deletions)} deletions"
 
     async def flush(self) -> None:
         rows, self._rows = self._rows, []

@@ -22,7 +22,7 @@ from rooms.errors import RoomError, forbidden
 from rooms.identity import Identity
 from rooms.policy import QaPolicy
 from rooms.qa_recorder import QaRecorder
-from rooms.qa_store import MemoryQaStore, QaNotLoaded, QaSnapshot, QaStore, QuestionState
+from rooms.qa_store import MemoryQaStore, QaNotLoaded, QaSnapshot, QaStore, QuestionState, Transition
 from rooms.service import Room
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,18 @@ T = TypeVar("T")
 S = QuestionState
 
 #: Moderation actions: the states each may start from, and the state it leads to.
-ACTIONS: dict[str, tuple[frozenset[QuestionState], QuestionState]] = {
-    "approve": (frozenset({S.PENDING}), S.PUBLISHED),
-    "dismiss": (frozenset({S.PENDING, S.PUBLISHED}), S.DISMISSED),
-    "hide": (frozenset({S.PENDING, S.PUBLISHED, S.ANSWERED, S.DISMISSED}), S.HIDDEN),
-    "reopen": (frozenset({S.ANSWERED, S.DISMISSED, S.HIDDEN}), S.PUBLISHED),
-    "answered_live": (frozenset({S.PUBLISHED}), S.ANSWERED),
+ACTIONS: dict[str, Transition] = {
+    t.action: t
+    for t in (
+        Transition("approve", frozenset({S.PENDING}), S.PUBLISHED),
+        Transition("dismiss", frozenset({S.PENDING, S.PUBLISHED}), S.DISMISSED),
+        Transition("hide", frozenset({S.PENDING, S.PUBLISHED, S.ANSWERED, S.DISMISSED}), S.HIDDEN),
+        Transition("reopen", frozenset({S.ANSWERED, S.DISMISSED, S.HIDDEN}), S.PUBLISHED),
+        Transition("answered_live", frozenset({S.PUBLISHED}), S.ANSWERED),
+    )
 }
-ANSWERABLE = frozenset({S.PUBLISHED, S.ANSWERED})
+#: Answering in text; answering again replaces the answer.
+ANSWER = Transition("answer", frozenset({S.PUBLISHED, S.ANSWERED}), S.ANSWERED)
 
 
 def qa_store_for(engine: Engine) -> QaStore:
@@ -128,13 +132,12 @@ class QuestionService:
             raise forbidden("moderating questions")
         if action not in ACTIONS:
             raise RoomError("invalid", f"action must be one of {', '.join(ACTIONS)}")
-        allowed, to = ACTIONS[action]
         patch: dict[str, Any] = {}
         if action == "reopen":
             patch["answer"] = None
         elif action == "answered_live":
             patch["answer"] = self._answer(staff, None, private=False, live=True)
-        return await self._change(staff.room_id, question_id, allowed, to, patch, action)
+        return await self._change(staff.room_id, question_id, ACTIONS[action], patch)
 
     async def answer(self, staff: Identity, question_id: str, text: str, private: bool) -> dict[str, Any]:
         """Answer in text, public to the room or private to the asker; answering again replaces it."""
@@ -146,7 +149,7 @@ class QuestionService:
         if len(text) > self.policy.answer_max_chars:
             raise RoomError("too_long", f"an answer is at most {self.policy.answer_max_chars} characters")
         patch = {"answer": self._answer(staff, text, private=private, live=False)}
-        return await self._change(staff.room_id, question_id, ANSWERABLE, S.ANSWERED, patch, "answer")
+        return await self._change(staff.room_id, question_id, ANSWER, patch)
 
     async def pin(self, staff: Identity, question_id: str | None) -> dict[str, Any]:
         """Pin a published or answered question as "now answering"; ``None`` unpins."""
@@ -174,18 +177,8 @@ class QuestionService:
         by = {"user_id": staff.user_id, "name": staff.name}
         return {"text": text, "private": private, "live": live, "by": by, "ts": now_ms()}
 
-    async def _change(
-        self,
-        room_id: str,
-        question_id: str,
-        allowed: frozenset[QuestionState],
-        to: QuestionState,
-        patch: dict[str, Any],
-        action: str,
-    ) -> dict[str, Any]:
-        change = await self._loaded(
-            room_id, lambda: self.store.change(room_id, question_id, allowed, to, patch, now_ms(), action)
-        )
+    async def _change(self, room_id: str, question_id: str, move: Transition, patch: dict[str, Any]) -> dict[str, Any]:
+        change = await self._loaded(room_id, lambda: self.store.change(room_id, question_id, move, patch, now_ms()))
         self.recorder.question(room_id, change.question)
         return change.question
 

@@ -8,8 +8,6 @@ newest state of each question and each vote.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from typing import Any
 
 from sqlalchemy import func, select
@@ -20,8 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from rooms import tables
 from rooms.engine import now_ms
 from rooms.qa_store import Restore
-
-log = logging.getLogger(__name__)
+from rooms.write_behind import WriteBehind
 
 
 def question_row(room_id: str, q: dict[str, Any]) -> dict[str, Any]:
@@ -76,31 +73,19 @@ def question_record(row: Any) -> dict[str, Any]:
     }
 
 
-class QaRecorder:
+class QaRecorder(WriteBehind):
     """Batches question and vote writes and flushes them every ``interval_s``."""
 
     def __init__(self, db: AsyncEngine, interval_s: float = 0.2) -> None:
+        super().__init__(interval_s)
         self.db = db
         self.reads = tables.autocommit(db)
-        self.interval_s = interval_s
         self._questions: dict[str, dict[str, Any]] = {}
         self._votes: dict[tuple[str, str], dict[str, Any]] = {}
-        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="qa-recorder")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        try:
-            await self.flush()
-        except SQLAlchemyError:
-            lost = len(self._questions), len(self._votes)
-            log.exception("Q&A: %d question and %d vote writes lost at shutdown", *lost)
+    def pending(self) -> str:
+        return f"{len(self._questions)} question and {len(self._votes)} vote writes"
 
     def question(self, room_id: str, q: dict[str, Any]) -> None:
         row = question_row(room_id, q)
@@ -119,15 +104,6 @@ class QaRecorder:
                 "seq": seq,
                 "updated_at": now_ms(),
             }
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.flush()
-            except SQLAlchemyError:
-                log.exception("Q&A recorder flush failed; will retry")
-                await asyncio.sleep(1.0)
 
     async def flush(self) -> None:
         async with self._lock:

@@ -41,6 +41,15 @@ class QuestionState(StrEnum):
         return self in (QuestionState.PUBLISHED, QuestionState.ANSWERED)
 
 
+@dataclass(frozen=True)
+class Transition:
+    """A named move of a question: from any of ``allowed_from`` to ``to``."""
+
+    action: str
+    allowed_from: frozenset[QuestionState]
+    to: QuestionState
+
+
 class QaNotLoaded(Exception):
     """The store holds nothing for this room (new, or lost with Redis): restore it from SQL first."""
 
@@ -111,18 +120,9 @@ class QaStore(ABC):
         """Store a new question record (``votes`` 0) and publish ``qa.question``."""
 
     @abstractmethod
-    async def change(
-        self,
-        room_id: str,
-        question_id: str,
-        allowed_from: frozenset[QuestionState],
-        to: QuestionState,
-        patch: dict[str, Any],
-        now: int,
-        action: str,
-    ) -> Change:
-        """Move a question to ``to`` if it is in one of ``allowed_from``, setting ``patch``'s fields;
-        unpins it if it leaves the visible states. Raises ``not_found`` or ``invalid_state``."""
+    async def change(self, room_id: str, question_id: str, move: Transition, patch: dict[str, Any], now: int) -> Change:
+        """Make the move if the question is in one of its states, setting ``patch``'s fields; unpins the
+        question if it leaves the visible states. Raises ``not_found`` or ``invalid_state``."""
 
     @abstractmethod
     async def pin(self, room_id: str, question_id: str | None) -> Publication | None:
@@ -187,22 +187,14 @@ class MemoryQaStore(QaStore):
         pub = await self.engine.publish(room_id, "qa.question", _publication_data(question, 0, room.pin))
         return Change(pub.data["q"], pub)
 
-    async def change(
-        self,
-        room_id: str,
-        question_id: str,
-        allowed_from: frozenset[QuestionState],
-        to: QuestionState,
-        patch: dict[str, Any],
-        now: int,
-        action: str,
-    ) -> Change:
+    async def change(self, room_id: str, question_id: str, move: Transition, patch: dict[str, Any], now: int) -> Change:
         room = self._room(room_id)
         current = room.questions.get(question_id)
         if current is None:
             raise vote_error("not_found", None)
-        if QuestionState(current["state"]) not in allowed_from:
-            raise state_error(current["state"], action)
+        if QuestionState(current["state"]) not in move.allowed_from:
+            raise state_error(current["state"], move.action)
+        to = move.to
         question = {**current, **json.loads(json.dumps(patch)), "state": to.value, "v": current["v"] + 1}
         question["updated_ts"] = now
         if to.visible and question.get("published_ts") is None:

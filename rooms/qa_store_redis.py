@@ -26,8 +26,8 @@ from rooms.qa_store import (
     QaNotLoaded,
     QaSnapshot,
     QaStore,
-    QuestionState,
     Restore,
+    Transition,
     VoteResult,
     state_error,
     vote_error,
@@ -269,23 +269,14 @@ class RedisQaStore(QaStore):
         pub = self._publication(room_id, result)
         return Change(pub.data["q"], pub)
 
-    async def change(
-        self,
-        room_id: str,
-        question_id: str,
-        allowed_from: frozenset[QuestionState],
-        to: QuestionState,
-        patch: dict[str, Any],
-        now: int,
-        action: str,
-    ) -> Change:
-        allowed = "," + ",".join(sorted(s.value for s in allowed_from)) + ","
+    async def change(self, room_id: str, question_id: str, move: Transition, patch: dict[str, Any], now: int) -> Change:
+        allowed = "," + ",".join(sorted(s.value for s in move.allowed_from)) + ","
         patch_json = json.dumps(patch, separators=(",", ":")) if patch else "{}"
-        result = await self._run(self._change, room_id, question_id, allowed, to.value, patch_json, now)
+        result = await self._run(self._change, room_id, question_id, allowed, move.to.value, patch_json, now)
         if result[0] == "not_found":
             raise vote_error("not_found", None)
         if result[0] == "bad_state":
-            raise state_error(result[1], action)
+            raise state_error(result[1], move.action)
         pub = self._publication(room_id, result)
         return Change(pub.data["q"], pub)
 

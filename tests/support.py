@@ -206,6 +206,13 @@ class ServerProcess:
                 self.proc.wait(5)
         self.proc = None
 
+    async def ready_again(self, timeout: float = 15.0) -> None:
+        """Wait until ``/readyz`` answers 200 (after an outage of Redis or the database)."""
+        deadline = time.monotonic() + timeout
+        while (await self.readyz())[0] != 200:
+            assert time.monotonic() < deadline, "readyz never recovered"
+            await asyncio.sleep(0.1)
+
     async def readyz(self) -> tuple[int, dict[str, Any]]:
         async with aiohttp.ClientSession() as http, http.get(f"{self.url}/readyz") as r:
             return r.status, await r.json()

@@ -17,7 +17,7 @@ from rooms.engine import Engine, Publication
 from rooms.engine_memory import MemoryEngine
 from rooms.engine_redis import RedisEngine
 from rooms.errors import RoomError
-from rooms.qa import ACTIONS, qa_store_for
+from rooms.qa import ACTIONS, ANSWER, qa_store_for
 from rooms.qa_store import QaNotLoaded, QaStore, QuestionState, Restore
 from tests.test_engine_contract import RecordingListener, wait_until_subscribed
 
@@ -104,21 +104,21 @@ async def test_ask_publishes_the_record_and_snapshot_is_at_a_bus_position(
 
 async def test_every_action_moves_only_from_its_allowed_states(store: QaStore) -> None:
     room = await loaded_room(store)
-    for action, (allowed, to) in ACTIONS.items():
+    for move in ACTIONS.values():
         for start in S:
             q = question(state=start)
             await store.ask(room, q)
-            if start in allowed:
-                change = await store.change(room, q["id"], allowed, to, {}, 2, action)
-                assert change.question["state"] == to.value
+            if start in move.allowed_from:
+                change = await store.change(room, q["id"], move, {}, 2)
+                assert change.question["state"] == move.to.value
                 assert change.question["v"] == 2
             else:
                 with pytest.raises(RoomError) as refused:
-                    await store.change(room, q["id"], allowed, to, {}, 2, action)
+                    await store.change(room, q["id"], move, {}, 2)
                 assert refused.value.code == "invalid_state"
                 assert (await store.snapshot(room)).questions[q["id"]]["state"] == start.value, "nothing changed"
     with pytest.raises(RoomError) as missing:
-        await store.change(room, "q" + "0" * 16, frozenset(S), S.HIDDEN, {}, 2, "hide")
+        await store.change(room, "q" + "0" * 16, ACTIONS["hide"], {}, 2)
     assert missing.value.code == "not_found"
 
 
@@ -126,12 +126,12 @@ async def test_publishing_sets_published_ts_once_and_patch_sets_fields(store: Qa
     room = await loaded_room(store)
     q = question(state=S.PENDING)
     await store.ask(room, q)
-    approved = (await store.change(room, q["id"], frozenset({S.PENDING}), S.PUBLISHED, {}, 5, "approve")).question
+    approved = (await store.change(room, q["id"], ACTIONS["approve"], {}, 5)).question
     assert approved["published_ts"] == 5
     answer = {"text": "Rayleigh scattering", "private": False, "live": False, "by": {"user_id": "t"}, "ts": 6}
-    answered = (await store.change(room, q["id"], frozenset(S), S.ANSWERED, {"answer": answer}, 6, "answer")).question
+    answered = (await store.change(room, q["id"], ANSWER, {"answer": answer}, 6)).question
     assert answered["answer"] == answer and answered["published_ts"] == 5 and answered["updated_ts"] == 6
-    reopened = (await store.change(room, q["id"], frozenset(S), S.PUBLISHED, {"answer": None}, 7, "reopen")).question
+    reopened = (await store.change(room, q["id"], ACTIONS["reopen"], {"answer": None}, 7)).question
     assert reopened["answer"] is None and reopened["v"] == 4
 
 
@@ -224,6 +224,6 @@ async def test_pin_only_visible_questions_and_unpin_when_they_leave(store: QaSto
     assert pub is not None and pub.data == {"id": shown["id"]}
     assert await store.pin(room, shown["id"]) is None, "pinning the pinned question changes nothing"
     assert (await store.snapshot(room)).pin == shown["id"]
-    hidden = await store.change(room, shown["id"], frozenset(S), S.HIDDEN, {}, 9, "hide")
+    hidden = await store.change(room, shown["id"], ACTIONS["hide"], {}, 9)
     assert hidden.publication.data["pin"] is None, "a hidden question is unpinned in the same step"
     assert (await store.snapshot(room)).pin is None
