@@ -9,12 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
+from gifting.gifts import GiftService
+from gifting.schemas import CreditIn
 from live.auth import check_basic_auth, mint_token
 from live.config import Settings
 from live.http_util import error_response, read_json
 from live.schemas import RoomCreateIn, RoomUpdateIn, TokenIn
 from rooms.errors import RoomError
-from rooms.identity import Grants
+from rooms.identity import USER_ID_RE, Grants
 from rooms.presence import PresenceKeeper
 from rooms.qa import QuestionService
 from rooms.service import RoomService, RoomStatus
@@ -45,10 +47,18 @@ OPENAPI_FILE = Path(__file__).with_name("openapi.yaml")
 class AdminApi:
     """Admin API routes; thin handlers over RoomService (docs/protocol.md, "Admin API")."""
 
-    def __init__(self, settings: Settings, rooms: RoomService, qa: QuestionService, presence: PresenceKeeper) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        rooms: RoomService,
+        qa: QuestionService,
+        gifts: GiftService,
+        presence: PresenceKeeper,
+    ) -> None:
         self.settings = settings
         self.rooms = rooms
         self.qa = qa
+        self.gifts = gifts
         self.presence = presence
 
     def add_routes(self, app: web.Application) -> None:
@@ -58,6 +68,8 @@ class AdminApi:
         app.router.add_get("/api/rooms/{id}", self.get_room)
         app.router.add_patch("/api/rooms/{id}", self.update_room)
         app.router.add_get("/api/rooms/{id}/questions", self.export_questions)
+        app.router.add_post("/api/wallets/{user_id}/credit", self.credit)
+        app.router.add_get("/api/wallets/{user_id}", self.get_wallet)
         app.router.add_post("/api/rooms/{id}/live", self.go_live)
         app.router.add_post("/api/rooms/{id}/end", self.end_room)
         app.router.add_post("/api/rooms/{id}/tokens", self.mint)
@@ -78,16 +90,34 @@ class AdminApi:
             scheduled_at=body.scheduled_at,
             qa_auto_approve=body.qa_auto_approve,
             qa_ask_interval_s=body.qa_ask_interval_s,
+            teacher_id=body.teacher_id,
         )
         return web.json_response(room.to_dict(), status=201)
 
     async def update_room(self, request: web.Request) -> web.Response:
         self._authorize(request)
         body = await read_json(request, RoomUpdateIn)
-        room = await self.rooms.set_qa_settings(
-            request.match_info["id"], auto_approve=body.qa_auto_approve, ask_interval_s=body.qa_ask_interval_s
+        room = await self.rooms.update_settings(
+            request.match_info["id"],
+            auto_approve=body.qa_auto_approve,
+            ask_interval_s=body.qa_ask_interval_s,
+            teacher_id=body.teacher_id,
         )
         return web.json_response(room.to_dict())
+
+    async def credit(self, request: web.Request) -> web.Response:
+        """Coins for a user who paid the host directly; once per ``idempotency_key``."""
+        self._authorize(request)
+        user_id = _user_id(request)
+        body = await read_json(request, CreditIn)
+        result = await self.gifts.credit(user_id, body.coins, body.idempotency_key)
+        wallet = await self.gifts.wallet(user_id)
+        return web.json_response({**result, "wallet": wallet}, status=200 if result["replayed"] else 201)
+
+    async def get_wallet(self, request: web.Request) -> web.Response:
+        self._authorize(request)
+        user_id = _user_id(request)
+        return web.json_response({"user_id": user_id, **await self.gifts.wallet(user_id)})
 
     async def export_questions(self, request: web.Request) -> web.Response:
         """The room's Q&A for reports: every question with its author (also of anonymous ones), votes,
@@ -156,3 +186,10 @@ def _csv_safe(row: dict[str, Any]) -> dict[str, Any]:
     """Neutralise spreadsheet formulas in text that students wrote (CSV injection, OWASP)."""
     risky = ("=", "+", "-", "@", "\t", "\r")
     return {k: "'" + v if isinstance(v, str) and v[:1] in risky else v for k, v in row.items()}
+
+
+def _user_id(request: web.Request) -> str:
+    user_id = request.match_info["user_id"]
+    if not USER_ID_RE.match(user_id):
+        raise RoomError("invalid", "user ids are 1-64 characters of A-Z, a-z, 0-9 and _.:@-")
+    return user_id

@@ -8,11 +8,14 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gifting.gifts import GiftService
+from gifting.ledger import Caps, Ledger
 from live.admin_api import AdminApi
 from live.config import Settings
 from live.db import create_engine, migrate
@@ -38,6 +41,7 @@ MAX_BODY_BYTES = 64 * 1024
 COUNT_EVERY_S = 1.0
 POSITION_CHECK_EVERY_S = 5.0
 PRESENCE_REFRESH_EVERY_S = 10.0
+OUTBOX_GRACE_MS = 5000
 
 
 @dataclass
@@ -52,6 +56,8 @@ class Services:
     transcript: ChatTranscript
     qa: QuestionService
     qa_recorder: QaRecorder
+    ledger: Ledger
+    gifts: GiftService
     presence: PresenceKeeper
     gateway: SocketGateway
     metrics: Metrics
@@ -108,10 +114,19 @@ def create_app(settings: Settings) -> web.Application:
     qa_recorder = QaRecorder(db)
     qa = QuestionService(qa_store_for(engine), engine, qa_recorder, settings.qa)
     presence = PresenceKeeper(engine, settings.instance_id)
-    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, presence, metrics)
-    services = Services(settings, db, engine, rooms, chat, transcript, qa, qa_recorder, presence, gateway, metrics)
+
+    async def publish(room_id: str, type: str, data: dict[str, Any]) -> None:
+        await engine.publish(room_id, type, data)
+
+    caps = Caps(settings.gifts.per_transfer_cap, settings.gifts.daily_cap)
+    ledger = Ledger(db, caps, publisher=publish)
+    gifts = GiftService(ledger, settings.gifts)
+    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, presence, metrics)
+    services = Services(
+        settings, db, engine, rooms, chat, transcript, qa, qa_recorder, ledger, gifts, presence, gateway, metrics
+    )
     app[SERVICES] = services
-    AdminApi(settings, rooms, qa, presence).add_routes(app)
+    AdminApi(settings, rooms, qa, gifts, presence).add_routes(app)
     OpsRoutes(db, engine, metrics).add_routes(app)
     Pages(STATIC_DIR).add_routes(app)
 
@@ -164,6 +179,8 @@ async def _housekeeping(s: Services) -> None:
             if now >= next_check:
                 next_check = now + POSITION_CHECK_EVERY_S
                 await s.gateway.follower.check_all()
+                # Money events whose publication a crash or an outage interrupted.
+                await s.ledger.publish_outbox(older_than_ms=OUTBOX_GRACE_MS)
         except asyncio.CancelledError:
             raise
         except Exception:

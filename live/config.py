@@ -6,6 +6,7 @@ variable's name, so the server refuses to start rather than running half-configu
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from gifting.policy import DEFAULT_CATALOGUE, Gift, GiftPolicy
 from rooms.identity import Role
 from rooms.policy import ChatPolicy, QaPolicy
 
@@ -45,6 +47,7 @@ class Settings:
     socket_event_burst: int = 40
     chat: ChatPolicy = field(default_factory=ChatPolicy)
     qa: QaPolicy = field(default_factory=QaPolicy)
+    gifts: GiftPolicy = field(default_factory=GiftPolicy)
     log_level: str = "INFO"
 
     @property
@@ -104,6 +107,12 @@ class Settings:
                 ask_interval_s=_int(env, "LIVE_QA_ASK_INTERVAL_S", 60, 0, 3600),
                 vote_flush_ms=_int(env, "LIVE_QA_VOTE_FLUSH_MS", 50, 0, 5000),
             ),
+            "gifts": GiftPolicy(
+                catalogue=_catalogue(env),
+                teacher_share_bp=_int(env, "LIVE_TEACHER_SHARE_PCT", 70, 0, 100) * 100,
+                per_transfer_cap=_int(env, "LIVE_SPEND_CAP_PER_TRANSFER", 10_000, 1, 10**12),
+                daily_cap=_int(env, "LIVE_SPEND_CAP_DAILY", 50_000, 1, 10**12),
+            ),
             "log_level": _choice(env, "LIVE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         }
         if env.get("LIVE_INSTANCE_ID"):
@@ -123,6 +132,24 @@ def normalize_database_url(url: str) -> str:
     if base in ("postgresql", "postgres"):
         return f"postgresql+asyncpg://{rest}"
     raise ConfigError(f"LIVE_DATABASE_URL: unsupported database {scheme!r} (use sqlite or postgresql)")
+
+
+def _catalogue(env: dict[str, str]) -> tuple[Gift, ...]:
+    raw = env.get("LIVE_GIFT_CATALOGUE")
+    if not raw:
+        return DEFAULT_CATALOGUE
+    try:
+        items = json.loads(raw)
+        gifts = tuple(Gift(str(g["id"]), str(g["name"]), int(g["coins"]), int(g["tier"])) for g in items)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(
+            f'LIVE_GIFT_CATALOGUE must be a JSON list of {{"id", "name", "coins", "tier"}}: {exc}'
+        ) from None
+    if not gifts or any(g.coins <= 0 or not 1 <= g.tier <= 3 or not g.id for g in gifts):
+        raise ConfigError("LIVE_GIFT_CATALOGUE: every gift needs an id, coins > 0 and a tier of 1-3")
+    if len({g.id for g in gifts}) != len(gifts):
+        raise ConfigError("LIVE_GIFT_CATALOGUE: gift ids must be unique")
+    return gifts
 
 
 def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:

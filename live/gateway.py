@@ -14,6 +14,8 @@ import socketio
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from gifting.gifts import GiftService
+from gifting.schemas import GiftSendIn, TipSendIn, WalletGetIn
 from live.auth import TokenError, verify_token
 from live.config import Settings
 from live.metrics import Metrics
@@ -22,7 +24,7 @@ from rooms.chat import ChatService
 from rooms.engine import Engine, EngineUnavailable, Publication, now_ms
 from rooms.errors import RoomError, unavailable
 from rooms.follower import RoomFollower
-from rooms.identity import Identity
+from rooms.identity import Identity, Role
 from rooms.presence import PresenceKeeper
 from rooms.qa import QuestionService
 from rooms.qa_audience import SKIP, Versions, versions, wire_for
@@ -80,6 +82,7 @@ class SocketGateway:
         rooms: RoomService,
         chat: ChatService,
         qa: QuestionService,
+        gifts: GiftService,
         presence: PresenceKeeper,
         metrics: Metrics,
     ) -> None:
@@ -89,6 +92,7 @@ class SocketGateway:
         self.rooms = rooms
         self.chat = chat
         self.qa = qa
+        self.gifts = gifts
         self.presence = presence
         self.metrics = metrics
         self.follower = RoomFollower(engine, self, history_limit=settings.history_size)
@@ -119,6 +123,9 @@ class SocketGateway:
             "qa:answer": (QaAnswerIn, self._qa_answer, True),
             "qa:pin": (QaPinIn, self._qa_pin, True),
             "qa:settings": (QaSettingsIn, self._qa_settings, True),
+            "gift:send": (GiftSendIn, self._gift_send, True),
+            "tip:send": (TipSendIn, self._tip_send, True),
+            "wallet:get": (WalletGetIn, self._wallet_get, True),
         }
         self._known_events = set(events)
         for name, (schema, handler, needs_join) in events.items():
@@ -236,6 +243,8 @@ class SocketGateway:
             session.joined = True
             head_count = (await self.presence.enter(session.sid, who)).count
         view = await self.views.current(room_id)
+        if view.room.teacher_id is None and who.role is Role.TEACHER and who.is_staff:
+            await self.rooms.claim_teacher(room_id, who.user_id)  # the first teacher to open the room
         # Taken in one step, with this socket already in the room: every event after `position` reaches it.
         answer: dict[str, Any] = {"room": view.room.to_dict(), "me": who.me(), "position": view.position.to_dict()}
         chat = list(view.chat)
@@ -294,10 +303,21 @@ class SocketGateway:
 
     async def _qa_settings(self, session: Session, msg: QaSettingsIn) -> dict[str, Any]:
         who = session.identity
-        room = await self.rooms.set_qa_settings(
+        room = await self.rooms.update_settings(
             who.room_id, auto_approve=msg.auto_approve, ask_interval_s=msg.ask_interval_s, actor=who
         )
         return {"room": room.to_dict()}
+
+    async def _gift_send(self, session: Session, msg: GiftSendIn) -> dict[str, Any]:
+        who = session.identity
+        return await self.gifts.send_gift(who, self._room(who.room_id), msg.gift, msg.count, msg.key)
+
+    async def _tip_send(self, session: Session, msg: TipSendIn) -> dict[str, Any]:
+        who = session.identity
+        return await self.gifts.send_tip(who, self._room(who.room_id), msg.coins, msg.key, msg.message)
+
+    async def _wallet_get(self, session: Session, _: WalletGetIn) -> dict[str, Any]:
+        return {"wallet": await self.gifts.wallet(session.identity.user_id)}
 
     async def _go_live(self, session: Session, _: EmptyIn) -> dict[str, Any]:
         return {"room": (await self.rooms.go_live(session.identity.room_id, actor=session.identity)).to_dict()}

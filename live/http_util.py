@@ -25,6 +25,8 @@ STATUS_OF_CODE = {
     "room_not_found": 404,
     "conflict": 409,
     "room_ended": 409,
+    "idempotency_mismatch": 409,
+    "insufficient_funds": 409,
     "too_large": 413,
     "rate_limited": 429,
     "unavailable": 503,

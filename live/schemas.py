@@ -24,13 +24,15 @@ class RoomCreateIn(AdminIn):
     scheduled_at: Annotated[int, Field(ge=0, lt=2**53)] | None = None
     qa_auto_approve: bool = False
     qa_ask_interval_s: Annotated[int, Field(ge=0, le=3600)] | None = None
+    teacher_id: Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)] | None = None
 
 
 class RoomUpdateIn(AdminIn):
-    """Body of ``PATCH /api/rooms/{id}``: the room's Q&A settings; fields left out are unchanged."""
+    """Body of ``PATCH /api/rooms/{id}``: the room's settings; fields left out are unchanged."""
 
     qa_auto_approve: bool | None = None
     qa_ask_interval_s: Annotated[int, Field(ge=0, le=3600)] | None = None
+    teacher_id: Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)] | None = None
 
 
 class TokenIn(AdminIn):

@@ -40,6 +40,8 @@ class Room:
     qa_auto_approve: bool = False
     #: Q&A: seconds between two questions of one student; ``None`` is the deployment's default.
     qa_ask_interval_s: int | None = None
+    #: Who receives gifts and tips in this room.
+    teacher_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status.value}
@@ -60,6 +62,7 @@ class Room:
             ended_at=m["ended_at"],
             qa_auto_approve=bool(m.get("qa_auto_approve", False)),
             qa_ask_interval_s=m.get("qa_ask_interval_s"),
+            teacher_id=m.get("teacher_id"),
         )
 
 
@@ -79,6 +82,7 @@ class RoomService:
         *,
         qa_auto_approve: bool = False,
         qa_ask_interval_s: int | None = None,
+        teacher_id: str | None = None,
     ) -> Room:
         title = title.strip()
         if not 1 <= len(title) <= 200:
@@ -101,6 +105,7 @@ class RoomService:
             scheduled_at=scheduled_at,
             qa_auto_approve=qa_auto_approve,
             qa_ask_interval_s=qa_ask_interval_s,
+            teacher_id=teacher_id,
         )
         try:
             async with self.db.begin() as conn:
@@ -186,16 +191,18 @@ class RoomService:
             await self._announce(room_id, "room.status", updated.to_dict())
         return updated
 
-    async def set_qa_settings(
+    async def update_settings(
         self,
         room_id: str,
         *,
         auto_approve: bool | None = None,
         ask_interval_s: int | None = None,
+        teacher_id: str | None = None,
         actor: Identity | None = None,
     ) -> Room:
-        """Change the room's Q&A settings; every instance learns them through a ``room.status`` event."""
-        _require_staff(actor, "changing Q&A settings")
+        """Change the room's Q&A settings, or its teacher (who receives gifts and tips); every instance
+        learns them through a ``room.status`` event."""
+        _require_staff(actor, "changing room settings")
         changes: dict[str, Any] = {}
         if auto_approve is not None:
             changes["qa_auto_approve"] = auto_approve
@@ -203,6 +210,8 @@ class RoomService:
             if not 0 <= ask_interval_s <= 3600:
                 raise RoomError("invalid", "ask_interval_s must be 0-3600 seconds")
             changes["qa_ask_interval_s"] = ask_interval_s
+        if teacher_id is not None:
+            changes["teacher_id"] = teacher_id
         room = await self.require(room_id)
         if room.status is RoomStatus.ENDED:
             raise RoomError("room_ended", "this lesson has ended")
@@ -213,6 +222,19 @@ class RoomService:
         updated = await self.require(room_id)
         await self._announce(room_id, "room.status", updated.to_dict())
         return updated
+
+    async def claim_teacher(self, room_id: str, user_id: str) -> Room:
+        """Make ``user_id`` the room's teacher if it has none yet (the first teacher to open it)."""
+        async with self.db.begin() as conn:
+            result = await conn.execute(
+                update(tables.rooms)
+                .where(tables.rooms.c.id == room_id, tables.rooms.c.teacher_id.is_(None))
+                .values(teacher_id=user_id)
+            )
+        room = await self.require(room_id)
+        if result.rowcount == 1:
+            await self._announce(room_id, "room.status", room.to_dict())
+        return room
 
     async def banned_users(self, room_id: str) -> set[str]:
         b = tables.room_bans

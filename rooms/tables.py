@@ -40,6 +40,8 @@ rooms = Table(
     Column("qa_auto_approve", Boolean, nullable=False, server_default=false()),
     # NULL: the deployment's default (LIVE_QA_ASK_INTERVAL_S).
     Column("qa_ask_interval_s", Integer, nullable=True),
+    # Who receives the room's gifts and tips: set by the host, or the first teacher to open the room.
+    Column("teacher_id", String(64), nullable=True),
     CheckConstraint("status IN ('scheduled', 'live', 'ended')", name="ck_rooms_status"),
     CheckConstraint("qa_ask_interval_s IS NULL OR qa_ask_interval_s BETWEEN 0 AND 3600", name="ck_rooms_qa_interval"),
 )

@@ -1,0 +1,91 @@
+"""Gifts and tips in a room: checks who may pay whom, then one ledger operation each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gifting import accounts as acct
+from gifting import operations as ops
+from gifting.ledger import Ledger
+from gifting.policy import GiftPolicy
+from rooms.errors import RoomError, forbidden
+from rooms.identity import Identity
+from rooms.service import Room
+
+
+class GiftService:
+    """Sending gifts and tips, and reading wallets."""
+
+    def __init__(self, ledger: Ledger, policy: GiftPolicy) -> None:
+        self.ledger = ledger
+        self.policy = policy
+
+    def _payee(self, sender: Identity, room: Room) -> str:
+        if not sender.grants.gift:
+            raise forbidden("sending gifts")
+        if sender.minor:
+            raise RoomError("minor", "spending is turned off for this account")
+        if room.teacher_id is None:
+            raise RoomError("no_teacher", "this room has no teacher to receive gifts yet")
+        if room.teacher_id == sender.user_id:
+            raise RoomError("invalid", "you cannot send gifts to yourself")
+        return room.teacher_id
+
+    async def send_gift(self, sender: Identity, room: Room, gift_id: str, count: int, key: str) -> dict[str, Any]:
+        """Pay for ``count`` of a catalogue gift; the room sees a ``gift.sent`` event."""
+        teacher = self._payee(sender, room)
+        gift = self.policy.gift(gift_id)
+        if gift is None:
+            raise RoomError("unknown_gift", f"no gift {gift_id[:32]!r} in the catalogue")
+        if not 1 <= count <= self.policy.max_count:
+            raise RoomError("bad_amount", f"send 1 to {self.policy.max_count} gifts at a time")
+        event = {
+            "from": {"user_id": sender.user_id, "name": sender.name},
+            "gift": {"id": gift.id, "name": gift.name, "tier": gift.tier},
+            "count": count,
+        }
+        plan = ops.payment(
+            f"gift:{sender.user_id}:{key}",
+            "gift",
+            sender.user_id,
+            teacher,
+            gift.coins * count,
+            room.id,
+            teacher_share_bp=self.policy.teacher_share_bp,
+            body={"gift": gift.id, "count": count},
+            events=[("gift.sent", event)],
+        )
+        outcome = await self.ledger.submit(plan)
+        return {**outcome.result, "gift": event["gift"], "count": count, "replayed": outcome.replayed}
+
+    async def send_tip(self, sender: Identity, room: Room, coins: int, key: str, message: str | None) -> dict[str, Any]:
+        """A free amount to the teacher, with an optional short message."""
+        teacher = self._payee(sender, room)
+        text = (message or "").strip() or None
+        event: dict[str, Any] = {"from": {"user_id": sender.user_id, "name": sender.name}, "message": text}
+        plan = ops.payment(
+            f"tip:{sender.user_id}:{key}",
+            "tip",
+            sender.user_id,
+            teacher,
+            coins,
+            room.id,
+            teacher_share_bp=self.policy.teacher_share_bp,
+            body={"message": text},
+            events=[("tip.sent", event)],
+        )
+        outcome = await self.ledger.submit(plan)
+        return {**outcome.result, "replayed": outcome.replayed}
+
+    async def wallet(self, user_id: str) -> dict[str, int]:
+        """The user's spendable coins, coins held for paid questions, and earnings (teachers)."""
+        return {
+            "balance": await self.ledger.balance(acct.wallet(user_id)),
+            "held": await self.ledger.balance(acct.held(user_id)),
+            "earnings": await self.ledger.balance(acct.earnings(user_id)),
+        }
+
+    async def credit(self, user_id: str, coins: int, key: str, source: str = "host") -> dict[str, Any]:
+        """Coins paid for outside this server (the host took the payment), once per idempotency key."""
+        outcome = await self.ledger.submit(ops.topup(f"credit:{key}", user_id, coins, source, actor=source))
+        return {**outcome.result, "replayed": outcome.replayed}

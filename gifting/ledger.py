@@ -1,0 +1,601 @@
+"""The double-entry ledger: every movement of coins is an operation of one or more linked transfers.
+
+Rules (DESIGN.md "Money"; TigerBeetle's and Stripe's):
+- An operation's transfers all happen or none does; each moves a positive amount between two accounts,
+  so the sum over all accounts stays zero (the outside world's accounts go negative by what came in).
+- Every operation carries an idempotency key. The same key with the same body returns the first result
+  and writes nothing; with another body it is refused (``idempotency_mismatch``). Refused operations are
+  not recorded: the caller may retry the key.
+- Balances other than the outside world's cannot go negative: checked under lock before writing, and
+  enforced by the database (guarded UPDATE and a CHECK constraint).
+- Nothing is edited: corrections are reversing transfers, once per transfer (a UNIQUE column).
+- Room events about money (an outbox row) are written in the same transaction and published after commit.
+
+Group commit: operations submitted concurrently are applied together, many per database transaction, in
+submission order; each is accepted or refused on its own. SQLite transactions take the write lock up front
+(``BEGIN IMMEDIATE``); PostgreSQL locks the touched accounts in id order and retries on serialization
+failures and deadlocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gifting import accounts as acct
+from gifting import tables as t
+from rooms.engine import now_ms
+from rooms.errors import RoomError
+
+log = logging.getLogger(__name__)
+
+BATCH_MAX = 500
+RETRIES = 5
+DAY_MS = 86_400_000
+
+#: Publishes one room event: (room id, type, data).
+Publisher = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One transfer of an operation."""
+
+    debit: str
+    credit: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Spending limits of a wallet, in coins: per operation and per UTC day (``None``: no limit)."""
+
+    per_transfer: int | None = None
+    daily: int | None = None
+
+
+@dataclass
+class Plan:
+    """An operation to apply. Exactly one of ``legs``, ``hold_close`` or ``reverse_of`` says what moves:
+
+    - ``legs``: these transfers (``hold_open`` also records a hold over them);
+    - ``hold_close``: (hold id, captured | voided | expired, where a capture goes as (account, weight));
+    - ``reverse_of``: the idempotency key of an operation whose transfers are all reversed.
+    """
+
+    key: str
+    kind: str
+    body: dict[str, Any]
+    actor: str
+    room_id: str | None = None
+    legs: list[Leg] = field(default_factory=list)
+    #: Whose spending this is (counts against their caps), if any.
+    spender: str | None = None
+    hold_open: dict[str, Any] | None = None
+    hold_close: tuple[str, str, list[tuple[str, int]]] | None = None
+    reverse_of: str | None = None
+    reason: str | None = None
+    #: Room events announcing the operation; ``{op}`` in a value is replaced by the result.
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: Returned to the caller (and on replays), with the transfers' ids and the time.
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def body_hash(self) -> str:
+        canonical = json.dumps({"kind": self.kind, **self.body}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Outcome:
+    """What :meth:`Ledger.submit` returns: the operation's result, and whether it was a replay."""
+
+    result: dict[str, Any]
+    replayed: bool = False
+
+
+class _Refused(Exception):
+    def __init__(self, error: RoomError) -> None:
+        self.error = error
+
+
+@dataclass
+class _Pending:
+    plan: Plan
+    future: asyncio.Future[Outcome]
+
+
+def insufficient_funds() -> RoomError:
+    return RoomError("insufficient_funds", "not enough coins")
+
+
+class Ledger:
+    """Applies :class:`Plan` s; one writer per instance (several instances share the database)."""
+
+    def __init__(self, db: AsyncEngine, caps: Caps, publisher: Publisher | None = None) -> None:
+        self.db = db
+        self.reads = db.execution_options(isolation_level="AUTOCOMMIT")
+        self.caps = caps
+        self.publisher = publisher
+        self._queue: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._is_pg = db.dialect.name == "postgresql"
+
+    # submitting
+    async def submit(self, plan: Plan) -> Outcome:
+        """Apply ``plan`` (with the operations submitted around the same time, in one transaction);
+        raises :class:`RoomError` when it is refused, in which case nothing was written."""
+        if not plan.key or len(plan.key) > 160:
+            raise RoomError("invalid", "an idempotency key of 1-160 characters is required")
+        for leg in plan.legs:
+            if acct.kind_of(leg.debit) not in acct.KINDS or acct.kind_of(leg.credit) not in acct.KINDS:
+                raise RoomError("invalid", "no such account")
+            if not isinstance(leg.amount, int) or isinstance(leg.amount, bool) or leg.amount <= 0:
+                raise RoomError("bad_amount", "amounts are positive whole numbers of coins")
+            if leg.debit == leg.credit:
+                raise RoomError("invalid", "a transfer needs two different accounts")
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(plan, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_batches(), name="ledger-writer")
+        return await future
+
+    async def _write_batches(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
+                try:
+                    await self._commit_batch(batch)
+                except Exception as exc:
+                    if len(batch) > 1 and isinstance(exc, SQLAlchemyError):
+                        # Something the checks did not foresee: apply them one by one, so only the
+                        # operation at fault fails.
+                        log.warning("ledger batch of %d failed (%s); applying one by one", len(batch), exc)
+                        for one in batch:
+                            await self._commit_batch([one], raise_errors=False)
+                    else:
+                        for p in batch:
+                            if not p.future.done():
+                                p.future.set_exception(exc)
+        finally:
+            self._writer = None
+
+    async def _commit_batch(self, batch: list[_Pending], raise_errors: bool = True) -> None:
+        for attempt in range(RETRIES):
+            try:
+                async with self._transaction() as conn:
+                    outcomes = await self._apply(conn, [p.plan for p in batch])
+                break
+            except DBAPIError as exc:
+                if attempt + 1 < RETRIES and _retryable(exc):
+                    await asyncio.sleep(0.005 * 2**attempt)
+                    continue
+                if raise_errors:
+                    raise
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
+                return
+        for p, outcome in zip(batch, outcomes, strict=True):
+            if p.future.done():
+                continue
+            if isinstance(outcome, RoomError):
+                p.future.set_exception(outcome)
+            else:
+                p.future.set_result(outcome)
+        await self.publish_outbox()
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        if self._is_pg:
+            async with self.db.begin() as conn:
+                yield conn
+            return
+        # SQLite: take the write lock at BEGIN, so reads inside the transaction see what it will change.
+        async with self.db.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                await conn.exec_driver_sql("ROLLBACK")
+                raise
+            await conn.exec_driver_sql("COMMIT")
+
+    # applying a batch inside one transaction
+    async def _apply(self, conn: AsyncConnection, plans: list[Plan]) -> list[Outcome | RoomError]:
+        now = now_ms()
+        day = now // DAY_MS
+        keys = list({p.key for p in plans})
+        known = {
+            r.key: (r.body_hash, r.result)
+            for r in await conn.execute(
+                select(t.operations.c.key, t.operations.c.body_hash, t.operations.c.result).where(
+                    t.operations.c.key.in_(keys)
+                )
+            )
+        }
+        holds = await self._load_holds(conn, plans)
+        reversals = await self._load_reversals(conn, plans)
+        touched = self._accounts_touched(plans, holds, reversals)
+        balances = await self._lock_balances(conn, touched)
+        existing = set(balances)
+        for account_id in touched:  # accounts are created by the first operation that moves coins
+            balances.setdefault(account_id, (0, acct.kind_of(account_id) not in acct.FLOORED))
+        spenders = sorted({p.spender for p in plans if p.spender})
+        spent, limits = await self._load_spending(conn, spenders, day)
+
+        outcomes: list[Outcome | RoomError] = []
+        writes = _Writes()
+        for plan in plans:
+            digest = plan.body_hash()
+            if plan.key in known:
+                stored_hash, stored_result = known[plan.key]
+                if stored_hash != digest:
+                    outcomes.append(
+                        RoomError("idempotency_mismatch", "this idempotency key was used for a different request")
+                    )
+                else:
+                    outcomes.append(Outcome(json.loads(stored_result), replayed=True))
+                continue
+            try:
+                legs = self._legs_of(plan, holds, reversals, now)
+                self._check_caps(plan, legs, spent, limits)
+                moved = _apply_legs(balances, legs)
+            except _Refused as refused:
+                outcomes.append(refused.error)
+                continue
+            balances.update(moved)
+            result = {**plan.result, "key": plan.key, "ts": now}
+            if plan.spender:
+                result["balance"] = balances[acct.wallet(plan.spender)][0]
+            writes.accept(plan, digest, legs, result, now)
+            if plan.spender:
+                debited = sum(leg.amount for leg in legs if leg.debit == acct.wallet(plan.spender))
+                spent[plan.spender] = spent.get(plan.spender, 0) + debited
+                writes.spend(plan.spender, debited)
+            self._close_hold_in_memory(plan, holds, now, writes)
+            known[plan.key] = (digest, json.dumps(result))
+            outcomes.append(Outcome(result))
+        if writes.operations:
+            await self._create_accounts(conn, sorted(set(writes.deltas) - existing), now)
+            await writes.flush(conn, day, now, self._is_pg, reversals)
+        return outcomes
+
+    async def _load_holds(self, conn: AsyncConnection, plans: list[Plan]) -> dict[str, dict[str, Any]]:
+        ids = [p.hold_close[0] for p in plans if p.hold_close]
+        if not ids:
+            return {}
+        query = select(t.holds).where(t.holds.c.id.in_(ids)).order_by(t.holds.c.id).with_for_update()
+        return {r.id: dict(r._mapping) for r in await conn.execute(query)}
+
+    async def _load_reversals(self, conn: AsyncConnection, plans: list[Plan]) -> dict[str, list[dict[str, Any]]]:
+        """The transfers of each operation to reverse, each with whether it was reversed already."""
+        targets = [p.reverse_of for p in plans if p.reverse_of]
+        if not targets:
+            return {}
+        tr = t.transfers
+        rows = [dict(r._mapping) for r in await conn.execute(select(tr).where(tr.c.op_key.in_(targets)))]
+        ids = [r["id"] for r in rows]
+        done = {r[0] for r in await conn.execute(select(tr.c.reverses).where(tr.c.reverses.in_(ids)))} if ids else set()
+        out: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            out.setdefault(row["op_key"], []).append({**row, "reversed": row["id"] in done})
+        return out
+
+    @staticmethod
+    def _accounts_touched(
+        plans: list[Plan], holds: dict[str, dict[str, Any]], reversals: dict[str, list[dict[str, Any]]]
+    ) -> list[str]:
+        """Every account the batch may move coins in (a concurrent transaction may create one that is
+        missing here: it then starts from a balance of 0 here, which only makes the checks stricter)."""
+        ids: set[str] = set()
+        for plan in plans:
+            for leg in plan.legs:
+                ids.update((leg.debit, leg.credit))
+            if plan.hold_close:
+                hold = holds.get(plan.hold_close[0])
+                if hold is not None:
+                    ids.update((acct.held(hold["owner"]), acct.wallet(hold["owner"])))
+                ids.update(a for a, _ in plan.hold_close[2])
+            for row in reversals.get(plan.reverse_of or "", []):
+                ids.update((row["debit"], row["credit"]))
+        return sorted(ids)
+
+    async def _create_accounts(self, conn: AsyncConnection, ids: list[str], now: int) -> None:
+        rows = []
+        for account_id in ids:
+            kind = acct.kind_of(account_id)
+            rows.append(
+                {
+                    "id": account_id,
+                    "kind": kind,
+                    "owner": acct.owner_of(account_id),
+                    "balance": 0,
+                    "may_go_negative": kind not in acct.FLOORED,
+                    "created_at": now,
+                }
+            )
+        if rows:
+            dialect = postgresql if self._is_pg else sqlite
+            await conn.execute(dialect.insert(t.accounts).on_conflict_do_nothing(index_elements=["id"]), rows)
+
+    async def _lock_balances(self, conn: AsyncConnection, ids: list[str]) -> dict[str, tuple[int, bool]]:
+        if not ids:
+            return {}
+        a = t.accounts
+        # In id order: two transactions locking the same accounts never wait for each other in a cycle.
+        query = select(a.c.id, a.c.balance, a.c.may_go_negative).where(a.c.id.in_(ids)).order_by(a.c.id)
+        return {r.id: (int(r.balance), bool(r.may_go_negative)) for r in await conn.execute(query.with_for_update())}
+
+    async def _load_spending(
+        self, conn: AsyncConnection, spenders: list[str], day: int
+    ) -> tuple[dict[str, int], dict[str, Caps]]:
+        if not spenders:
+            return {}, {}
+        d, lim = t.daily_spend, t.spending_limits
+        spent_rows = await conn.execute(select(d.c.owner, d.c.spent).where(d.c.owner.in_(spenders), d.c.day == day))
+        limit_rows = await conn.execute(select(lim).where(lim.c.owner.in_(spenders)))
+        spent = {r.owner: int(r.spent) for r in spent_rows}
+        limits = {r.owner: Caps(r.per_transfer, r.daily) for r in limit_rows}
+        return spent, limits
+
+    def _legs_of(
+        self, plan: Plan, holds: dict[str, dict[str, Any]], reversals: dict[str, list[dict[str, Any]]], now: int
+    ) -> list[Leg]:
+        if plan.hold_close:
+            hold_id, status, destinations = plan.hold_close
+            hold = holds.get(hold_id)
+            if hold is None:
+                raise _Refused(RoomError("not_found", "no such hold"))
+            if hold["status"] != "held":
+                raise _Refused(RoomError("hold_closed", f"the hold is already {hold['status']}"))
+            if status == "expired" and hold["expires_at"] > now:
+                raise _Refused(RoomError("invalid", "the hold has not expired yet"))
+            source = acct.held(hold["owner"])
+            if status == "captured":
+                return [Leg(source, to, amount) for to, amount in acct.split(hold["amount"], destinations)]
+            return [Leg(source, acct.wallet(hold["owner"]), hold["amount"])]
+        if plan.reverse_of:
+            rows = reversals.get(plan.reverse_of)
+            if not rows:
+                raise _Refused(RoomError("not_found", "no such operation"))
+            if any(r["reversed"] for r in rows):
+                raise _Refused(RoomError("already_reversed", "this operation was reversed already"))
+            return [Leg(r["credit"], r["debit"], int(r["amount"])) for r in rows]
+        return list(plan.legs)
+
+    def _check_caps(self, plan: Plan, legs: list[Leg], spent: dict[str, int], limits: dict[str, Caps]) -> None:
+        if not plan.spender:
+            return
+        amount = sum(leg.amount for leg in legs if leg.debit == acct.wallet(plan.spender))
+        own = limits.get(plan.spender, Caps())
+        per_transfer = _lowest(self.caps.per_transfer, own.per_transfer)
+        daily = _lowest(self.caps.daily, own.daily)
+        if per_transfer is not None and amount > per_transfer:
+            raise _Refused(RoomError("cap_reached", f"at most {per_transfer} coins at a time", cap=per_transfer))
+        if daily is not None and spent.get(plan.spender, 0) + amount > daily:
+            raise _Refused(RoomError("cap_reached", f"at most {daily} coins a day", cap=daily))
+
+    @staticmethod
+    def _close_hold_in_memory(plan: Plan, holds: dict[str, dict[str, Any]], now: int, writes: _Writes) -> None:
+        if plan.hold_close:
+            hold = holds[plan.hold_close[0]]
+            hold["status"] = plan.hold_close[1]
+            writes.close_hold(hold["id"], plan.hold_close[1], now)
+
+    # outbox
+    async def publish_outbox(self, older_than_ms: int = 0) -> int:
+        """Publish outbox rows not yet published (after a commit; and periodically, for rows a crash
+        left behind). Each row is claimed first, so two instances never both publish it."""
+        if self.publisher is None:
+            return 0
+        o = t.outbox
+        cutoff = now_ms() - older_than_ms
+        async with self.reads.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(o).where(o.c.published_at.is_(None), o.c.created_at <= cutoff).order_by(o.c.id).limit(1000)
+                )
+            ).all()
+        sent = 0
+        for row in rows:
+            async with self.db.begin() as conn:
+                claimed = await conn.execute(
+                    update(o).where(o.c.id == row.id, o.c.published_at.is_(None)).values(published_at=now_ms())
+                )
+            if claimed.rowcount != 1:
+                continue
+            try:
+                await self.publisher(row.room_id, row.type, json.loads(row.data))
+                sent += 1
+            except Exception:
+                log.exception("outbox row %s not published; will retry", row.id)
+                async with self.db.begin() as conn:
+                    await conn.execute(update(o).where(o.c.id == row.id).values(published_at=None))
+        return sent
+
+    # reads
+    async def balance(self, account_id: str) -> int:
+        async with self.reads.connect() as conn:
+            value = (await conn.execute(select(t.accounts.c.balance).where(t.accounts.c.id == account_id))).scalar()
+        return int(value or 0)
+
+    async def total(self) -> int:
+        """The sum over all accounts: zero, always."""
+        async with self.reads.connect() as conn:
+            return int((await conn.execute(select(func.coalesce(func.sum(t.accounts.c.balance), 0)))).scalar() or 0)
+
+
+def _lowest(a: int | None, b: int | None) -> int | None:
+    values = [v for v in (a, b) if v is not None]
+    return min(values) if values else None
+
+
+def _apply_legs(balances: dict[str, tuple[int, bool]], legs: list[Leg]) -> dict[str, tuple[int, bool]]:
+    """The balances after ``legs`` (only the changed accounts), or refuse if one would go negative."""
+    moved: dict[str, tuple[int, bool]] = {}
+    for leg in legs:
+        for account_id, delta in ((leg.debit, -leg.amount), (leg.credit, leg.amount)):
+            balance, may_go_negative = moved.get(account_id) or balances[account_id]
+            moved[account_id] = (balance + delta, may_go_negative)
+    for balance, may_go_negative in moved.values():
+        if balance < 0 and not may_go_negative:
+            raise _Refused(insufficient_funds())
+    return moved
+
+
+def _retryable(exc: DBAPIError) -> bool:
+    """Serialization failure or deadlock (PostgreSQL), or a lock timeout (SQLite): try the batch again."""
+    return getattr(exc.orig, "sqlstate", None) in ("40001", "40P01") or "database is locked" in str(exc)
+
+
+class _Writes:
+    """Rows of the accepted operations of one batch, written together at the end."""
+
+    def __init__(self) -> None:
+        self.operations: list[dict[str, Any]] = []
+        self.transfers: list[dict[str, Any]] = []
+        self.deltas: dict[str, int] = {}
+        self.holds: list[dict[str, Any]] = []
+        self.closed: list[tuple[str, str, int]] = []
+        self.spent: dict[str, int] = {}
+        self.outbox: list[dict[str, Any]] = []
+        self.audit: list[dict[str, Any]] = []
+
+    def accept(self, plan: Plan, digest: str, legs: list[Leg], result: dict[str, Any], now: int) -> None:
+        self.operations.append(
+            {
+                "key": plan.key,
+                "kind": plan.kind,
+                "body_hash": digest,
+                "result": json.dumps(result),
+                "actor": plan.actor,
+                "room_id": plan.room_id,
+                "created_at": now,
+            }
+        )
+        for leg in legs:
+            self.transfers.append(
+                {
+                    "op_key": plan.key,
+                    "debit": leg.debit,
+                    "credit": leg.credit,
+                    "amount": leg.amount,
+                    "kind": plan.kind,
+                    "room_id": plan.room_id,
+                    "reverses_of": (plan.reverse_of, leg.credit, leg.debit, leg.amount) if plan.reverse_of else None,
+                    "created_at": now,
+                }
+            )
+            self.deltas[leg.debit] = self.deltas.get(leg.debit, 0) - leg.amount
+            self.deltas[leg.credit] = self.deltas.get(leg.credit, 0) + leg.amount
+        if plan.hold_open:
+            self.holds.append({**plan.hold_open, "op_key": plan.key, "status": "held", "created_at": now})
+        if plan.room_id:
+            for type_, data in plan.events:
+                self.outbox.append(
+                    {"room_id": plan.room_id, "type": type_, "data": json.dumps({**data, **result}), "created_at": now}
+                )
+        if plan.reason is not None:
+            self.audit.append(
+                {
+                    "actor": plan.actor,
+                    "action": plan.kind,
+                    "target": plan.reverse_of or plan.key,
+                    "reason": plan.reason,
+                    "created_at": now,
+                }
+            )
+
+    def spend(self, owner: str, amount: int) -> None:
+        if amount:
+            self.spent[owner] = self.spent.get(owner, 0) + amount
+
+    def close_hold(self, hold_id: str, status: str, now: int) -> None:
+        self.closed.append((hold_id, status, now))
+
+    async def flush(
+        self,
+        conn: AsyncConnection,
+        day: int,
+        now: int,
+        is_pg: bool,
+        reversals: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        await conn.execute(insert(t.operations), self.operations)
+        rows = [self._transfer_row(r, reversals) for r in self.transfers]
+        if rows:
+            await conn.execute(insert(t.transfers), rows)
+        await self._update_balances(conn, is_pg)
+        if self.holds:
+            await conn.execute(insert(t.holds), self.holds)
+        for hold_id, status, at in self.closed:
+            done = await conn.execute(
+                update(t.holds)
+                .where(t.holds.c.id == hold_id, t.holds.c.status == "held")
+                .values(status=status, closed_at=at)
+            )
+            if done.rowcount != 1:
+                raise IntegrityError("hold closed twice", None, Exception(hold_id))
+        if self.spent:
+            dialect = postgresql if is_pg else sqlite
+            stmt = dialect.insert(t.daily_spend)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["owner", "day"], set_={"spent": t.daily_spend.c.spent + stmt.excluded.spent}
+            )
+            await conn.execute(stmt, [{"owner": o, "day": day, "spent": s} for o, s in self.spent.items()])
+        if self.outbox:
+            await conn.execute(insert(t.outbox), self.outbox)
+        if self.audit:
+            await conn.execute(insert(t.audit_log), self.audit)
+
+    @staticmethod
+    def _transfer_row(row: dict[str, Any], reversals: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        out = {k: v for k, v in row.items() if k != "reverses_of"}
+        out["reverses"] = None
+        if row["reverses_of"] is not None:
+            op_key, debit, credit, amount = row["reverses_of"]
+            for original in reversals[op_key]:
+                if (original["debit"], original["credit"], original["amount"]) == (debit, credit, amount) and not (
+                    original.get("_taken")
+                ):
+                    original["_taken"] = True
+                    out["reverses"] = original["id"]
+                    break
+        return out
+
+    async def _update_balances(self, conn: AsyncConnection, is_pg: bool) -> None:
+        changed = [(account_id, delta) for account_id, delta in sorted(self.deltas.items()) if delta]
+        if not changed:
+            return
+        if is_pg:
+            result = await conn.execute(
+                text(
+                    "UPDATE ledger_accounts AS a SET balance = a.balance + v.d "
+                    "FROM unnest(CAST(:ids AS text[]), CAST(:ds AS bigint[])) AS v(id, d) "
+                    "WHERE a.id = v.id AND (a.may_go_negative OR a.balance + v.d >= 0)"
+                ),
+                {"ids": [c[0] for c in changed], "ds": [c[1] for c in changed]},
+            )
+        else:
+            result = await conn.execute(
+                text(
+                    "UPDATE ledger_accounts SET balance = balance + :d "
+                    "WHERE id = :id AND (may_go_negative OR balance + :d >= 0)"
+                ),
+                [{"id": account_id, "d": delta} for account_id, delta in changed],
+            )
+        if result.rowcount != len(changed):
+            # The guard refused an update that the checks under lock allowed: never commit that.
+            raise IntegrityError("guarded balance update refused", None, Exception(str(changed)))

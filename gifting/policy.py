@@ -1,0 +1,41 @@
+"""Gift catalogue and spending limits that hosts set per deployment (kept free of heavy imports)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Gift:
+    """A gift in the catalogue: its price in coins and its animation tier (1 small to 3 full screen)."""
+
+    id: str
+    name: str
+    coins: int
+    tier: int
+
+
+DEFAULT_CATALOGUE = (
+    Gift("heart", "Heart", 1, 1),
+    Gift("coffee", "Coffee", 10, 1),
+    Gift("star", "Star", 50, 2),
+    Gift("trophy", "Trophy", 200, 2),
+    Gift("rocket", "Rocket", 1000, 3),
+)
+
+
+@dataclass(frozen=True)
+class GiftPolicy:
+    """Gifts, the teacher's share of what students pay, and the platform's spending caps (a user may
+    set lower ones)."""
+
+    catalogue: tuple[Gift, ...] = DEFAULT_CATALOGUE
+    #: Share of gifts, tips and paid questions that goes to the teacher, in basis points (70%).
+    teacher_share_bp: int = 7000
+    per_transfer_cap: int = 10_000
+    daily_cap: int = 50_000
+    #: Most gifts of one kind in one send.
+    max_count: int = 99
+
+    def gift(self, gift_id: str) -> Gift | None:
+        return next((g for g in self.catalogue if g.id == gift_id), None)
