@@ -147,8 +147,11 @@ def token(
     grants: Grants | None = None,
     ttl_s: int = 3600,
     secret: str = TEST_SECRET,
+    minor: bool = False,
 ) -> str:
-    return mint_token(secret, room_id=room, user_id=user, name=name or user, role=role, grants=grants, ttl_s=ttl_s)
+    return mint_token(
+        secret, room_id=room, user_id=user, name=name or user, role=role, grants=grants, ttl_s=ttl_s, minor=minor
+    )
 
 
 class ServerProcess:
