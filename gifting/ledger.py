@@ -22,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +43,9 @@ from rooms.errors import RoomError
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 500
+ANNOUNCE_EVERY_S = 0.05
+HIGHLIGHTS = 20
+_OUTBOX_IDS = itertools.count()
 RETRIES = 5
 DAY_MS = 86_400_000
 
@@ -129,6 +134,8 @@ class Ledger:
         self.publisher = publisher
         self._queue: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
+        self._unpublished: list[dict[str, Any]] = []
+        self._announcer: asyncio.Task[None] | None = None
         self._is_pg = db.dialect.name == "postgresql"
 
     # submitting
@@ -174,7 +181,7 @@ class Ledger:
         for attempt in range(RETRIES):
             try:
                 async with self._transaction() as conn:
-                    outcomes = await self._apply(conn, [p.plan for p in batch])
+                    outcomes, announcements = await self._apply(conn, [p.plan for p in batch])
                 break
             except DBAPIError as exc:
                 if attempt + 1 < RETRIES and _retryable(exc):
@@ -193,7 +200,10 @@ class Ledger:
                 p.future.set_exception(outcome)
             else:
                 p.future.set_result(outcome)
-        await self.publish_outbox()
+        if announcements:
+            self._unpublished.extend(announcements)
+            if self._announcer is None and self.publisher is not None:
+                self._announcer = asyncio.create_task(self._announce(), name="ledger-announcer")
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -208,12 +218,16 @@ class Ledger:
             try:
                 yield conn
             except BaseException:
-                await conn.exec_driver_sql("ROLLBACK")
+                with contextlib.suppress(SQLAlchemyError):  # keep the original error
+                    await conn.exec_driver_sql("ROLLBACK")
                 raise
             await conn.exec_driver_sql("COMMIT")
 
     # applying a batch inside one transaction
-    async def _apply(self, conn: AsyncConnection, plans: list[Plan]) -> list[Outcome | RoomError]:
+    async def _apply(
+        self, conn: AsyncConnection, plans: list[Plan]
+    ) -> tuple[list[Outcome | RoomError], list[dict[str, Any]]]:
+        """Each plan's outcome, and the outbox rows to announce once the transaction has committed."""
         now = now_ms()
         day = now // DAY_MS
         keys = list({p.key for p in plans})
@@ -270,7 +284,7 @@ class Ledger:
         if writes.operations:
             await self._create_accounts(conn, sorted(set(writes.deltas) - existing), now)
             await writes.flush(conn, day, now, self._is_pg, reversals)
-        return outcomes
+        return outcomes, writes.announce
 
     async def _load_holds(self, conn: AsyncConnection, plans: list[Plan]) -> dict[str, dict[str, Any]]:
         ids = [p.hold_close[0] for p in plans if p.hold_close]
@@ -395,6 +409,40 @@ class Ledger:
             writes.close_hold(hold["id"], plan.hold_close[1], now)
 
     # outbox
+    async def _announce(self) -> None:
+        """Publish this writer's committed outbox rows: per room, everything committed in the last
+        ``ANNOUNCE_EVERY_S`` goes as one ``money`` room event (thousands of gifts a second would
+        otherwise be thousands of deliveries per member), then the rows are marked published."""
+        assert self.publisher is not None
+        try:
+            while self._unpublished:
+                await asyncio.sleep(ANNOUNCE_EVERY_S)
+                rows, self._unpublished = self._unpublished, []
+                by_room: dict[str, list[dict[str, Any]]] = {}
+                for row in rows:
+                    by_room.setdefault(row["room_id"], []).append(row)
+                done: list[str] = []
+                for room_id, room_rows in by_room.items():
+                    events = [{"type": r["type"], "data": r["data"]} for r in room_rows]
+                    try:
+                        await self.publisher(room_id, "money", money_event(events))
+                    except Exception:
+                        log.exception("money events of room %s not published; the outbox relay retries", room_id)
+                        continue
+                    done.extend(r["id"] for r in room_rows)
+                await self._mark_published(done)
+        finally:
+            self._announcer = None
+
+    async def _mark_published(self, ids: list[str]) -> None:
+        o = t.outbox
+        try:
+            async with self._transaction() as conn:
+                for i in range(0, len(ids), 500):
+                    await conn.execute(update(o).where(o.c.id.in_(ids[i : i + 500])).values(published_at=now_ms()))
+        except SQLAlchemyError:
+            log.exception("outbox rows published but not marked; the relay may publish them again")
+
     async def publish_outbox(self, older_than_ms: int = 0) -> int:
         """Publish outbox rows not yet published (after a commit; and periodically, for rows a crash
         left behind). Each row is claimed first, so two instances never both publish it."""
@@ -417,7 +465,9 @@ class Ledger:
             if claimed.rowcount != 1:
                 continue
             try:
-                await self.publisher(row.room_id, row.type, json.loads(row.data))
+                await self.publisher(
+                    row.room_id, "money", money_event([{"type": row.type, "data": json.loads(row.data)}])
+                )
                 sent += 1
             except Exception:
                 log.exception("outbox row %s not published; will retry", row.id)
@@ -435,6 +485,21 @@ class Ledger:
         """The sum over all accounts: zero, always."""
         async with self.reads.connect() as conn:
             return int((await conn.execute(select(func.coalesce(func.sum(t.accounts.c.balance), 0)))).scalar() or 0)
+
+
+def money_event(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """The data of one ``money`` room event: every event for staff (the teacher's live feed), and a summary
+    for everyone else: counts and coins per gift, and the biggest events (a room sending thousands of
+    gifts a second would otherwise send every member every one of them)."""
+    gifts: dict[str, dict[str, int]] = {}
+    for e in events:
+        if e["type"] == "gift.sent":
+            g = gifts.setdefault(e["data"]["gift"]["id"], {"count": 0, "coins": 0})
+            g["count"] += e["data"]["count"]
+            g["coins"] += e["data"]["coins"]
+    biggest = sorted(events, key=lambda e: -int(e["data"].get("coins", 0)))[:HIGHLIGHTS]
+    public = {"gifts": gifts, "coins": sum(int(e["data"].get("coins", 0)) for e in events), "highlights": biggest}
+    return {"events": events, "public": public}
 
 
 def _lowest(a: int | None, b: int | None) -> int | None:
@@ -463,7 +528,11 @@ def _retryable(exc: DBAPIError) -> bool:
 class _Writes:
     """Rows of the accepted operations of one batch, written together at the end."""
 
+    #: Outbox row ids: this process's random prefix and a counter (cheaper than random ids per row).
+    id_prefix = secrets.token_hex(6) + "-"
+
     def __init__(self) -> None:
+        self.announce: list[dict[str, Any]] = []  # the outbox rows as events, for publishing after commit
         self.operations: list[dict[str, Any]] = []
         self.transfers: list[dict[str, Any]] = []
         self.deltas: dict[str, int] = {}
@@ -504,8 +573,18 @@ class _Writes:
             self.holds.append({**plan.hold_open, "op_key": plan.key, "status": "held", "created_at": now})
         if plan.room_id:
             for type_, data in plan.events:
+                event = {**data, **result}
                 self.outbox.append(
-                    {"room_id": plan.room_id, "type": type_, "data": json.dumps({**data, **result}), "created_at": now}
+                    {
+                        "id": f"{self.id_prefix}{next(_OUTBOX_IDS)}",
+                        "room_id": plan.room_id,
+                        "type": type_,
+                        "data": json.dumps(event),
+                        "created_at": now,
+                    }
+                )
+                self.announce.append(
+                    {"id": self.outbox[-1]["id"], "room_id": plan.room_id, "type": type_, "data": event}
                 )
         if plan.reason is not None:
             self.audit.append(

@@ -15,6 +15,22 @@ class Gift:
     tier: int
 
 
+@dataclass(frozen=True)
+class CoinPack:
+    """Coins sold for an amount in minor units of a currency (cents for ``usd``)."""
+
+    id: str
+    coins: int
+    amount_minor: int
+    currency: str
+
+
+DEFAULT_PACKS = (
+    CoinPack("coins-100", 100, 99, "usd"),
+    CoinPack("coins-550", 550, 499, "usd"),
+    CoinPack("coins-1200", 1200, 999, "usd"),
+)
+
 DEFAULT_CATALOGUE = (
     Gift("heart", "Heart", 1, 1),
     Gift("coffee", "Coffee", 10, 1),
@@ -30,6 +46,7 @@ class GiftPolicy:
     set lower ones)."""
 
     catalogue: tuple[Gift, ...] = DEFAULT_CATALOGUE
+    packs: tuple[CoinPack, ...] = DEFAULT_PACKS
     #: Share of gifts, tips and paid questions that goes to the teacher, in basis points (70%).
     teacher_share_bp: int = 7000
     per_transfer_cap: int = 10_000

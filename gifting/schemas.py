@@ -32,6 +32,12 @@ class TipSendIn(MoneyIn):
     message: Annotated[str, StringConstraints(max_length=200)] | None = None
 
 
+class CheckoutIn(MoneyIn):
+    """Payload of ``wallet:checkout``: buy a coin pack."""
+
+    pack: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+
 class WalletGetIn(MoneyIn):
     """Payload of ``wallet:get``."""
 

@@ -95,13 +95,13 @@ holds = Table(
 outbox = Table(
     "ledger_outbox",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(32), primary_key=True),  # chosen by the writer, which publishes its own rows
     Column("room_id", String(64), nullable=False),
     Column("type", String(32), nullable=False),
     Column("data", Text, nullable=False),
     Column("created_at", BigInteger, nullable=False),
     Column("published_at", BigInteger, nullable=True),
-    Index("ix_ledger_outbox_unpublished", "published_at", "id"),
+    Index("ix_ledger_outbox_unpublished", "published_at", "created_at"),
 )
 
 audit_log = Table(
@@ -133,4 +133,32 @@ spending_limits = Table(
     Column("per_transfer", BigInteger, nullable=True),
     Column("daily", BigInteger, nullable=True),
     Column("updated_at", BigInteger, nullable=False),
+)
+
+# Top-ups: a checkout at a payment provider, fulfilled once by its verified webhook.
+checkouts = Table(
+    "checkouts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("provider", String(16), nullable=False),
+    Column("user_id", String(64), nullable=False),
+    Column("room_id", String(64), nullable=True),
+    Column("pack", String(32), nullable=False),
+    Column("coins", BigInteger, nullable=False),
+    Column("amount_minor", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("paid_at", BigInteger, nullable=True),
+    CheckConstraint("status IN ('open', 'paid')", name="ck_checkouts_status"),
+)
+
+# Webhook events already handled, by the provider's event id: a redelivered event changes nothing.
+payment_events = Table(
+    "payment_events",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("provider", String(16), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("received_at", BigInteger, nullable=False),
 )

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gifting.gifts import GiftService
 from gifting.ledger import Caps, Ledger
+from gifting.payments import CheckoutService, PaymentProvider, SandboxProvider, StripeProvider
 from live.admin_api import AdminApi
 from live.config import Settings
 from live.db import create_engine, migrate
@@ -24,6 +25,7 @@ from live.http_util import errors_and_headers
 from live.metrics import Metrics
 from live.ops import OpsRoutes
 from live.pages import Pages
+from live.payments_http import PaymentRoutes
 from live.sio_server import ClassroomSocketServer
 from rooms.chat import ChatService, ChatTranscript
 from rooms.engine import Engine
@@ -58,6 +60,7 @@ class Services:
     qa_recorder: QaRecorder
     ledger: Ledger
     gifts: GiftService
+    checkouts: CheckoutService
     presence: PresenceKeeper
     gateway: SocketGateway
     metrics: Metrics
@@ -71,6 +74,13 @@ def build_engine(settings: Settings) -> Engine:
     if settings.redis_url:
         return RedisEngine(settings.redis_url, history_size=settings.history_size, history_ttl_s=settings.history_ttl_s)
     return MemoryEngine(history_size=settings.history_size, history_ttl_s=settings.history_ttl_s)
+
+
+def payment_provider(settings: Settings) -> PaymentProvider:
+    """The sandbox (local checkout page) unless ``LIVE_PAYMENT_PROVIDER=stripe``."""
+    if settings.payment_provider == "stripe":
+        return StripeProvider(settings.stripe_api_key, settings.stripe_webhook_secret)
+    return SandboxProvider(settings.sandbox_secret)
 
 
 def origin_checker(settings: Settings) -> object:
@@ -121,12 +131,27 @@ def create_app(settings: Settings) -> web.Application:
     caps = Caps(settings.gifts.per_transfer_cap, settings.gifts.daily_cap)
     ledger = Ledger(db, caps, publisher=publish)
     gifts = GiftService(ledger, settings.gifts)
-    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, presence, metrics)
+    checkouts = CheckoutService(db, ledger, payment_provider(settings), settings.gifts.packs)
+    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics)
     services = Services(
-        settings, db, engine, rooms, chat, transcript, qa, qa_recorder, ledger, gifts, presence, gateway, metrics
+        settings,
+        db,
+        engine,
+        rooms,
+        chat,
+        transcript,
+        qa,
+        qa_recorder,
+        ledger,
+        gifts,
+        checkouts,
+        presence,
+        gateway,
+        metrics,
     )
     app[SERVICES] = services
     AdminApi(settings, rooms, qa, gifts, presence).add_routes(app)
+    PaymentRoutes(checkouts).add_routes(app)
     OpsRoutes(db, engine, metrics).add_routes(app)
     Pages(STATIC_DIR).add_routes(app)
 

@@ -48,6 +48,10 @@ class Settings:
     chat: ChatPolicy = field(default_factory=ChatPolicy)
     qa: QaPolicy = field(default_factory=QaPolicy)
     gifts: GiftPolicy = field(default_factory=GiftPolicy)
+    payment_provider: str = "sandbox"
+    sandbox_secret: str = ""
+    stripe_api_key: str = ""
+    stripe_webhook_secret: str = ""
     log_level: str = "INFO"
 
     @property
@@ -87,7 +91,14 @@ class Settings:
         for origin in origins:
             if urlsplit(origin).scheme not in ("http", "https") or not urlsplit(origin).netloc:
                 raise ConfigError(f"LIVE_ALLOWED_ORIGINS: {origin!r} is not an origin like https://example.com")
+        provider = _choice(env, "LIVE_PAYMENT_PROVIDER", "sandbox", ("sandbox", "stripe"))
+        if provider == "stripe" and not env.get("LIVE_STRIPE_WEBHOOK_SECRET"):
+            raise ConfigError("LIVE_PAYMENT_PROVIDER=stripe needs LIVE_STRIPE_WEBHOOK_SECRET (and LIVE_STRIPE_API_KEY)")
         values: dict[str, object] = {
+            "payment_provider": provider,
+            "sandbox_secret": env.get("LIVE_SANDBOX_SECRET") or _local_secret(data_dir, "sandbox_secret"),
+            "stripe_api_key": env.get("LIVE_STRIPE_API_KEY", ""),
+            "stripe_webhook_secret": env.get("LIVE_STRIPE_WEBHOOK_SECRET", ""),
             "secret": secret,
             "api_key": api_key,
             "api_secret": api_secret,
@@ -166,8 +177,10 @@ def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> i
 
 
 def _choice(env: dict[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
-    value = (env.get(name) or default).upper()
-    if value not in allowed:
+    """One of ``allowed``, matched without regard to case."""
+    raw = env.get(name) or default
+    value = next((a for a in allowed if a.lower() == raw.lower()), None)
+    if value is None:
         raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {env.get(name)!r}")
     return value
 

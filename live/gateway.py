@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import socketio
@@ -15,11 +15,13 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from gifting.gifts import GiftService
-from gifting.schemas import GiftSendIn, TipSendIn, WalletGetIn
+from gifting.payments import CheckoutService
+from gifting.schemas import CheckoutIn, GiftSendIn, TipSendIn, WalletGetIn
 from live.auth import TokenError, verify_token
 from live.config import Settings
 from live.metrics import Metrics
 from live.sio_server import ACK_REQUESTED, PACKET_SIZE, ClassroomSocketServer
+from rooms.audience import SKIP, Versions, versions, wire_for
 from rooms.chat import ChatService
 from rooms.engine import Engine, EngineUnavailable, Publication, now_ms
 from rooms.errors import RoomError, unavailable
@@ -27,7 +29,6 @@ from rooms.follower import RoomFollower
 from rooms.identity import Identity, Role
 from rooms.presence import PresenceKeeper
 from rooms.qa import QuestionService
-from rooms.qa_audience import SKIP, Versions, versions, wire_for
 from rooms.schemas import (
     ChatDeleteIn,
     ChatSendIn,
@@ -83,6 +84,7 @@ class SocketGateway:
         chat: ChatService,
         qa: QuestionService,
         gifts: GiftService,
+        checkouts: CheckoutService,
         presence: PresenceKeeper,
         metrics: Metrics,
     ) -> None:
@@ -93,6 +95,7 @@ class SocketGateway:
         self.chat = chat
         self.qa = qa
         self.gifts = gifts
+        self.checkouts = checkouts
         self.presence = presence
         self.metrics = metrics
         self.follower = RoomFollower(engine, self, history_limit=settings.history_size)
@@ -126,6 +129,7 @@ class SocketGateway:
             "gift:send": (GiftSendIn, self._gift_send, True),
             "tip:send": (TipSendIn, self._tip_send, True),
             "wallet:get": (WalletGetIn, self._wallet_get, True),
+            "wallet:checkout": (CheckoutIn, self._wallet_checkout, True),
         }
         self._known_events = set(events)
         for name, (schema, handler, needs_join) in events.items():
@@ -317,7 +321,15 @@ class SocketGateway:
         return await self.gifts.send_tip(who, self._room(who.room_id), msg.coins, msg.key, msg.message)
 
     async def _wallet_get(self, session: Session, _: WalletGetIn) -> dict[str, Any]:
-        return {"wallet": await self.gifts.wallet(session.identity.user_id)}
+        policy = self.gifts.policy
+        return {
+            "wallet": await self.gifts.wallet(session.identity.user_id),
+            "gifts": [asdict(g) for g in policy.catalogue],
+            "packs": [asdict(p) for p in policy.packs],
+        }
+
+    async def _wallet_checkout(self, session: Session, msg: CheckoutIn) -> dict[str, Any]:
+        return await self.checkouts.start(session.identity, msg.pack, f"{self.settings.base_url()}/room")
 
     async def _go_live(self, session: Session, _: EmptyIn) -> dict[str, Any]:
         return {"room": (await self.rooms.go_live(session.identity.room_id, actor=session.identity)).to_dict()}
@@ -343,14 +355,16 @@ class SocketGateway:
             await self._close(self.presence.local_sids(room_id), None, {})
 
     async def _deliver_versions(self, pub: Publication, split: Versions) -> None:
-        """An event whose data differs by audience (rooms/qa_audience.py): staff, author, everyone else."""
+        """An event whose data differs by audience (rooms/audience.py): staff, author, everyone else."""
         room_id, wire = pub.room_id, pub.wire()
         sent = self.sio.broadcast("room:event", {**wire, "data": split.staff}, staff_room(room_id))
-        author_sids = [
-            sid
-            for sid in self.presence.local_sids(room_id, split.author)
-            if (s := self.sessions.get(sid)) is not None and not s.identity.is_staff
-        ]
+        author_sids = []
+        if split.author is not None:
+            author_sids = [
+                sid
+                for sid in self.presence.local_sids(room_id, split.author)
+                if (s := self.sessions.get(sid)) is not None and not s.identity.is_staff
+            ]
         for sid in author_sids:
             sent += self.sio.broadcast("room:event", {**wire, "data": split.author_data}, sid)
         public = {**wire, "data": split.public} if split.public is not None else {**wire, "type": SKIP, "data": {}}

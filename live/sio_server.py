@@ -22,6 +22,7 @@ pyproject.toml and ``tests/test_socketio_internals.py`` fails loudly if an upgra
 
 from __future__ import annotations
 
+import json
 from contextvars import ContextVar
 from typing import Any
 
@@ -90,9 +91,11 @@ class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     def broadcast(self, event: str, data: Any, room: str, exclude: frozenset[str] = frozenset()) -> int:
         """Send ``event`` to every local socket in ``room`` (a room id, or a socket's sid) except the sids
         in ``exclude``; returns how many sockets got it."""
-        encoded = self.packet_class(sio_packet.EVENT, namespace=NAMESPACE, data=[event, data]).encode()
+        # Socket.IO's text encoding of an EVENT on "/" (socketio.packet.Packet.encode), without its search
+        # of the whole payload for binary attachments: room events are JSON.
+        encoded = str(sio_packet.EVENT) + json.dumps([event, data], separators=(",", ":"))
         queued = eio_packet.Packet(eio_packet.MESSAGE, encoded)
-        frame = websocket_text_frame(queued.encode().encode()) if isinstance(encoded, str) else None
+        frame = websocket_text_frame(queued.encode().encode())
         sockets = self.eio.sockets
         sent = 0
         for sid, eio_sid in self.manager.get_participants(NAMESPACE, room):

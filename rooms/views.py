@@ -14,11 +14,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from rooms.audience import question_for
 from rooms.chat import ChatService
 from rooms.engine import Engine, Publication, StreamPosition
 from rooms.identity import Identity
 from rooms.qa import QuestionService
-from rooms.qa_audience import question_for
 from rooms.qa_store import QaSnapshot
 from rooms.service import Room, RoomService, check_admission
 

@@ -25,6 +25,8 @@ TABLES = (
     "audit_log",
     "ledger_daily_spend",
     "spending_limits",
+    "checkouts",
+    "payment_events",
 )
 
 

@@ -1,11 +1,14 @@
-"""Who sees what of a question. Every room event that a student can receive passes through here.
+"""Who sees what. Every room event whose data differs by audience passes through here.
 
-Staff see every question in full. A student sees the published and answered questions, with no author
-on anonymous ones and no text on answers sent privately to someone else, and their own questions in full
-(marked ``mine``). A ``qa.question`` event is therefore delivered in up to three versions: to staff, to
-the author's own connections, and to everyone else. Everyone else gets, for a question they cannot see,
-either a removal notice (it was visible before) or a ``skip`` event: offsets stay contiguous for every
-client, so a gap still means a lost event, and the skip carries nothing.
+Questions: staff see every question in full. A student sees the published and answered questions, with no
+author on anonymous ones and no text on answers sent privately to someone else, and their own questions
+in full (marked ``mine``). A ``qa.question`` event is therefore delivered in up to three versions: to
+staff, to the author's own connections, and to everyone else. Everyone else gets, for a question they
+cannot see, either a removal notice (it was visible before) or a ``skip`` event: offsets stay contiguous
+for every client, so a gap still means a lost event, and the skip carries nothing.
+
+Money: a ``money`` event carries every gift and tip for staff (the teacher's live feed) and a summary for
+everyone else.
 """
 
 from __future__ import annotations
@@ -44,17 +47,20 @@ def public_question(question: dict[str, Any]) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class Versions:
-    """The versions of one ``qa.question`` event's data: for staff, for the author's own connections
-    that are not staff, and for everyone else (``None``: a skip)."""
+    """The versions of one event's data: for staff, for the author's own connections that are not staff
+    (``author`` ``None``: no such version), and for everyone else (``None``: a skip)."""
 
     staff: dict[str, Any]
-    author: str
-    author_data: dict[str, Any]
+    author: str | None
+    author_data: dict[str, Any] | None
     public: dict[str, Any] | None
 
 
 def versions(pub: Publication) -> Versions | None:
     """``None`` when the event is the same for everyone."""
+    if pub.type == "money":
+        # Staff get every gift and tip (the live feed); everyone else the summary (gifting/ledger.py).
+        return Versions(pub.data, None, None, pub.data["public"])
     if pub.type != "qa.question":
         return None
     question, pin = pub.data["q"], pub.data["pin"]
@@ -72,7 +78,7 @@ def wire_for(pub: Publication, viewer: Identity) -> dict[str, Any]:
     split = versions(pub)
     if split is None or viewer.is_staff:
         return wire
-    if split.author == viewer.user_id:
+    if split.author is not None and split.author == viewer.user_id:
         return {**wire, "data": split.author_data}
     if split.public is None:
         return {**wire, "type": SKIP, "data": {}}
