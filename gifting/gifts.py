@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import func, select
+
 from gifting import accounts as acct
 from gifting import operations as ops
+from gifting import tables as t
 from gifting.ledger import Ledger
 from gifting.policy import GiftPolicy
 from rooms.errors import RoomError, forbidden
@@ -84,6 +87,25 @@ class GiftService:
             "held": await self.ledger.balance(acct.held(user_id)),
             "earnings": await self.ledger.balance(acct.earnings(user_id)),
         }
+
+    async def room_totals(self, room_id: str) -> dict[str, int]:
+        """Coins paid in the room: by gifts and tips, and what went to the teacher and the platform."""
+        tr = t.transfers
+        query = (
+            select(tr.c.kind, tr.c.credit, func.sum(tr.c.amount), func.count(func.distinct(tr.c.op_key)))
+            .where(tr.c.room_id == room_id, tr.c.kind.in_(("gift", "tip", "paid_message")))
+            .group_by(tr.c.kind, tr.c.credit)
+        )
+        totals = {"gifts": 0, "tips": 0, "teacher": 0, "platform": 0, "payments": 0}
+        async with self.ledger.reads.connect() as conn:
+            for kind, credit, amount, _count in await conn.execute(query):
+                totals["gifts" if kind == "gift" else "tips"] += int(amount)
+                totals["platform" if credit == acct.PLATFORM else "teacher"] += int(amount)
+            count = select(func.count(func.distinct(tr.c.op_key))).where(
+                tr.c.room_id == room_id, tr.c.kind.in_(("gift", "tip", "paid_message"))
+            )
+            totals["payments"] = int((await conn.execute(count)).scalar() or 0)
+        return totals
 
     async def credit(self, user_id: str, coins: int, key: str, source: str = "host") -> dict[str, Any]:
         """Coins paid for outside this server (the host took the payment), once per idempotency key."""

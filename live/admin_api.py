@@ -70,6 +70,7 @@ class AdminApi:
         app.router.add_get("/api/rooms/{id}/questions", self.export_questions)
         app.router.add_post("/api/wallets/{user_id}/credit", self.credit)
         app.router.add_get("/api/wallets/{user_id}", self.get_wallet)
+        app.router.add_get("/api/rooms/{id}/money", self.room_money)
         app.router.add_post("/api/rooms/{id}/live", self.go_live)
         app.router.add_post("/api/rooms/{id}/end", self.end_room)
         app.router.add_post("/api/rooms/{id}/tokens", self.mint)
@@ -118,6 +119,12 @@ class AdminApi:
         self._authorize(request)
         user_id = _user_id(request)
         return web.json_response({"user_id": user_id, **await self.gifts.wallet(user_id)})
+
+    async def room_money(self, request: web.Request) -> web.Response:
+        """Coins paid in the room by gifts and tips, and the teacher's and the platform's shares."""
+        self._authorize(request)
+        room = await self.rooms.require(request.match_info["id"])
+        return web.json_response({"room": room.id, **await self.gifts.room_totals(room.id)})
 
     async def export_questions(self, request: web.Request) -> web.Response:
         """The room's Q&A for reports: every question with its author (also of anonymous ones), votes,

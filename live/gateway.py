@@ -322,11 +322,15 @@ class SocketGateway:
 
     async def _wallet_get(self, session: Session, _: WalletGetIn) -> dict[str, Any]:
         policy = self.gifts.policy
-        return {
-            "wallet": await self.gifts.wallet(session.identity.user_id),
+        who = session.identity
+        answer = {
+            "wallet": await self.gifts.wallet(who.user_id),
             "gifts": [asdict(g) for g in policy.catalogue],
             "packs": [asdict(p) for p in policy.packs],
         }
+        if who.is_staff:
+            answer["room"] = await self.gifts.room_totals(who.room_id)
+        return answer
 
     async def _wallet_checkout(self, session: Session, msg: CheckoutIn) -> dict[str, Any]:
         return await self.checkouts.start(session.identity, msg.pack, f"{self.settings.base_url()}/room")

@@ -55,6 +55,7 @@ export class RoomClient extends EventTarget {
     this.questions = new Map(); // id -> Question, as this user may see it
     this.pin = null; // id of the question staff are answering now
     this.voted = new Set(); // ids of questions this user has upvoted
+    this.money = []; // recent gifts and tips: every one for staff, the biggest for students
     this.position = null; // {epoch, offset} of the last applied room event
     this.conn = {state: 'connecting', message: ''};
 
@@ -218,6 +219,11 @@ export class RoomClient extends EventTarget {
       case 'qa.pin':
         this.pin = d.id;
         this.emitChange('qa');
+        break;
+      case 'money':
+        // Staff get every event ({events, public}); everyone else a summary ({gifts, coins, highlights}).
+        this.money = [...this.money, ...(d.events || d.highlights)].slice(-100);
+        this.emitChange('money', {events: d.events || d.highlights, summary: d.public || d});
         break;
       case 'qa.votes':
         for (const [id, votes] of Object.entries(d.counts)) {

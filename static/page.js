@@ -1,5 +1,6 @@
 // The room (student) and studio (staff) pages. Text from users is only ever set with textContent.
 import {RoomClient, describeError, readToken} from '/static/client.js';
+import {mountMoney} from '/static/money.js';
 import {mountQa} from '/static/qa.js';
 
 const $ = (id) => document.getElementById(id);
@@ -196,6 +197,7 @@ function start() {
   });
   client.addEventListener('failure', ({detail}) => setNotice(describeError(detail)));
   mountQa(client, studio);
+  mountMoney(client, studio);
   $('chat-form').addEventListener('submit', sendChat);
   if (studio) {
     $('go-live').addEventListener('click', () => staffAction('room:go_live', {}));

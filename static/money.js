@@ -1,0 +1,105 @@
+// Wallet, top-up, gift bar and tips (room page); live feed of gifts and this lesson's earnings (studio).
+// Text from users is only set with textContent.
+import {describeError} from '/static/client.js';
+
+const $ = (id) => document.getElementById(id);
+const FEED_ITEMS = 50;
+function el(tag, props = {}, data = {}) {
+  const node = Object.assign(document.createElement(tag), props);
+  Object.assign(node.dataset, data);
+  return node;
+}
+
+function newKey() {
+  return crypto.randomUUID().replaceAll('-', '');
+}
+
+function describe(event) {
+  const d = event.data;
+  const who = d.from ? d.from.name : 'Someone';
+  if (event.type === 'gift.sent') return `${who} sent ${d.count} × ${d.gift.name} (${d.coins} coins)`;
+  if (event.type === 'tip.sent') return `${who} tipped ${d.coins} coins${d.message ? `: ${d.message}` : ''}`;
+  return `${who}: ${d.coins} coins`;
+}
+
+export function mountMoney(client, studio) {
+  let wallet = null;
+  let lessonEarnings = 0;
+
+  const show = (answer) => {
+    $('money-error').textContent = answer.ok ? '' : describeError(answer.error);
+    return answer;
+  };
+
+  async function refresh() {
+    const answer = await client.request('wallet:get', {});
+    if (!answer.ok) return show(answer);
+    wallet = answer.wallet;
+    if (studio) {
+      lessonEarnings = answer.room ? answer.room.teacher : 0;
+      $('lesson-earnings').textContent = String(lessonEarnings);
+    } else {
+      $('wallet-balance').textContent = String(wallet.balance);
+      if (!$('gift-bar').children.length) renderShop(answer.gifts, answer.packs);
+    }
+    return answer;
+  }
+
+  function renderShop(gifts, packs) {
+    $('gift-bar').replaceChildren(...gifts.map((g) => {
+      const b = el('button', {type: 'button', className: `gift tier-${g.tier}`, textContent: `${g.name} · ${g.coins}`},
+        {testid: `gift-${g.id}`});
+      b.addEventListener('click', async () => {
+        b.disabled = true;
+        const answer = show(await client.request('gift:send', {gift: g.id, key: newKey()}));
+        b.disabled = false;
+        if (answer.ok) $('wallet-balance').textContent = String(answer.balance);
+      });
+      return b;
+    }));
+    $('topup-pack').replaceChildren(...packs.map((p) => el('option', {
+      value: p.id, textContent: `${p.coins} coins · ${(p.amount_minor / 100).toFixed(2)} ${p.currency.toUpperCase()}`,
+    })));
+  }
+
+  function addToFeed(events) {
+    const list = $('money-feed');
+    for (const event of events) {
+      const li = el('li', {className: `money-item ${event.type.replace('.', '-')}`, textContent: describe(event)},
+        {testid: 'money-item'});
+      list.prepend(li);
+      if (event.data.gift && event.data.gift.tier >= 2) {
+        li.classList.add('big');
+        setTimeout(() => li.classList.remove('big'), 3000);
+      }
+      if (studio && event.data.teacher_coins) lessonEarnings += event.data.teacher_coins;
+    }
+    while (list.children.length > FEED_ITEMS) list.lastElementChild.remove();
+    if (studio) $('lesson-earnings').textContent = String(lessonEarnings);
+  }
+
+  client.addEventListener('change', ({detail}) => {
+    if (detail.what === 'money') addToFeed(detail.events);
+    if (detail.what === 'reset') refresh();
+  });
+
+  if (!studio) {
+    $('topup').addEventListener('click', async () => {
+      const answer = show(await client.request('wallet:checkout', {pack: $('topup-pack').value}));
+      if (answer.ok) window.open(answer.url, '_blank');
+    });
+    // Back from the checkout tab: the webhook has credited the wallet by then.
+    window.addEventListener('focus', refresh);
+    document.addEventListener('visibilitychange', () => document.visibilityState === 'visible' && refresh());
+    $('tip-form').addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const coins = Number($('tip-coins').value);
+      const message = $('tip-message').value.trim();
+      const answer = show(await client.request('tip:send', {coins, key: newKey(), ...(message ? {message} : {})}));
+      if (answer.ok) {
+        $('wallet-balance').textContent = String(answer.balance);
+        $('tip-message').value = '';
+      }
+    });
+  }
+}
