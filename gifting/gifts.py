@@ -11,6 +11,7 @@ from gifting import operations as ops
 from gifting import tables as t
 from gifting.ledger import Ledger
 from gifting.policy import GiftPolicy
+from rooms.engine import now_ms
 from rooms.errors import RoomError, forbidden
 from rooms.identity import Identity
 from rooms.service import Room
@@ -79,6 +80,52 @@ class GiftService:
         )
         outcome = await self.ledger.submit(plan)
         return {**outcome.result, "replayed": outcome.replayed}
+
+    # paid questions (rooms.qa.QuestionPayments)
+    async def hold(self, asker: Identity, room: Room, question_id: str, coins: int) -> None:
+        """Set the question's coins aside from the asker's wallet."""
+        self._payee(asker, room)
+        expires_at = now_ms() + self.policy.hold_ttl_s * 1000
+        plan = ops.hold(
+            f"qa-hold:{question_id}", question_id, asker.user_id, coins, expires_at, room.id, f"question:{question_id}"
+        )
+        await self.ledger.submit(plan)
+
+    async def settle(self, room: Room, question_id: str, answered: bool) -> None:
+        """Answered: the coins go to the teacher (and the platform's share). Otherwise back to the asker."""
+        if answered and room.teacher_id is not None:
+            share = self.policy.teacher_share_bp
+            plan = ops.capture(f"qa-capture:{question_id}", question_id, room.teacher_id, "qa", share)
+        else:
+            plan = ops.release(f"qa-release:{question_id}", question_id, "qa")
+        try:
+            await self.ledger.submit(plan)
+        except RoomError as exc:
+            if exc.code not in ("hold_closed", "not_found"):
+                raise  # a closed hold was settled before: nothing more to do
+
+    async def release_room(self, room_id: str) -> int:
+        """Give back the coins of every question of the room still held (the lesson ended)."""
+        return await self._release(t.holds.c.room_id == room_id, expired=False)
+
+    async def expire_holds(self) -> int:
+        """Give back the coins of holds past their expiry (a backstop for rooms never ended)."""
+        return await self._release(t.holds.c.expires_at <= now_ms(), expired=True)
+
+    async def _release(self, condition: Any, expired: bool) -> int:
+        h = t.holds
+        async with self.ledger.reads.connect() as conn:
+            ids = [r[0] for r in await conn.execute(select(h.c.id).where(condition, h.c.status == "held").limit(1000))]
+        released = 0
+        for hold_id in ids:
+            key = f"hold-expire:{hold_id}" if expired else f"qa-release:{hold_id}"
+            try:
+                await self.ledger.submit(ops.release(key, hold_id, "system", expired=expired))
+                released += 1
+            except RoomError as exc:
+                if exc.code != "hold_closed":
+                    raise
+        return released
 
     async def wallet(self, user_id: str) -> dict[str, int]:
         """The user's spendable coins, coins held for paid questions, and earnings (teachers)."""

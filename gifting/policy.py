@@ -53,6 +53,8 @@ class GiftPolicy:
     daily_cap: int = 50_000
     #: Most gifts of one kind in one send.
     max_count: int = 99
+    #: Coins of a paid question left unanswered go back after this long, if the room was never ended.
+    hold_ttl_s: int = 6 * 3600
 
     def gift(self, gift_id: str) -> Gift | None:
         return next((g for g in self.catalogue if g.id == gift_id), None)

@@ -131,6 +131,7 @@ def create_app(settings: Settings) -> web.Application:
     caps = Caps(settings.gifts.per_transfer_cap, settings.gifts.daily_cap)
     ledger = Ledger(db, caps, publisher=publish)
     gifts = GiftService(ledger, settings.gifts)
+    qa.payments = gifts
     checkouts = CheckoutService(db, ledger, payment_provider(settings), settings.gifts.packs)
     gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics)
     services = Services(
@@ -206,6 +207,7 @@ async def _housekeeping(s: Services) -> None:
                 await s.gateway.follower.check_all()
                 # Money events whose publication a crash or an outage interrupted.
                 await s.ledger.publish_outbox(older_than_ms=OUTBOX_GRACE_MS)
+                await s.gifts.expire_holds()
         except asyncio.CancelledError:
             raise
         except Exception:

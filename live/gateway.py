@@ -24,7 +24,7 @@ from live.sio_server import ACK_REQUESTED, PACKET_SIZE, ClassroomSocketServer
 from rooms.audience import SKIP, Versions, versions, wire_for
 from rooms.chat import ChatService
 from rooms.engine import Engine, EngineUnavailable, Publication, now_ms
-from rooms.errors import RoomError, unavailable
+from rooms.errors import RoomError, forbidden, unavailable
 from rooms.follower import RoomFollower
 from rooms.identity import Identity, Role
 from rooms.presence import PresenceKeeper
@@ -291,16 +291,19 @@ class SocketGateway:
 
     async def _qa_ask(self, session: Session, msg: QaAskIn) -> dict[str, Any]:
         who = session.identity
-        return {"question": await self.qa.ask(who, self._room(who.room_id), msg.text, msg.anonymous)}
+        question = await self.qa.ask(who, self._room(who.room_id), msg.text, msg.anonymous, msg.coins)
+        return {"question": question}
 
     async def _qa_vote(self, session: Session, msg: QaVoteIn) -> dict[str, Any]:
         return await self.qa.vote(session.identity, msg.id, msg.up)
 
     async def _qa_moderate(self, session: Session, msg: QaModerateIn) -> dict[str, Any]:
-        return {"question": await self.qa.moderate(session.identity, msg.id, msg.action)}
+        who = session.identity
+        return {"question": await self.qa.moderate(who, self._room(who.room_id), msg.id, msg.action)}
 
     async def _qa_answer(self, session: Session, msg: QaAnswerIn) -> dict[str, Any]:
-        return {"question": await self.qa.answer(session.identity, msg.id, msg.text, msg.private)}
+        who = session.identity
+        return {"question": await self.qa.answer(who, self._room(who.room_id), msg.id, msg.text, msg.private)}
 
     async def _qa_pin(self, session: Session, msg: QaPinIn) -> dict[str, Any]:
         return await self.qa.pin(session.identity, msg.id)
@@ -339,7 +342,12 @@ class SocketGateway:
         return {"room": (await self.rooms.go_live(session.identity.room_id, actor=session.identity)).to_dict()}
 
     async def _end(self, session: Session, _: EmptyIn) -> dict[str, Any]:
-        return {"room": (await self.rooms.end(session.identity.room_id, actor=session.identity)).to_dict()}
+        who = session.identity
+        if not who.is_staff:
+            raise forbidden("ending the lesson")
+        # Before the end is announced (it closes every connection, this one too).
+        await self.gifts.release_room(who.room_id)  # paid questions left unanswered: coins go back
+        return {"room": (await self.rooms.end(who.room_id, actor=who)).to_dict()}
 
     # LocalDelivery: called by the follower in offset order
     async def deliver(self, pub: Publication) -> None:

@@ -14,7 +14,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from rooms.engine import Engine, EngineUnavailable, now_ms
 from rooms.engine_memory import MemoryEngine
@@ -56,6 +56,15 @@ def qa_store_for(engine: Engine) -> QaStore:
     return RedisQaStore(engine)
 
 
+class QuestionPayments(Protocol):
+    """Coins attached to questions (gifting/gifts.py implements it): held when asked, captured to the
+    teacher when answered, released when dismissed, hidden, or left unanswered."""
+
+    async def hold(self, asker: Identity, room: Room, question_id: str, coins: int) -> None: ...
+
+    async def settle(self, room: Room, question_id: str, answered: bool) -> None: ...
+
+
 @dataclass
 class _Pump:
     again: bool = False  # votes arrived while a flush was under way
@@ -72,6 +81,7 @@ class QuestionService:
         self._pumps: dict[str, _Pump] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._restoring: dict[str, asyncio.Future[None]] = {}
+        self.payments: QuestionPayments | None = None
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -80,10 +90,13 @@ class QuestionService:
                 await task
 
     # students
-    async def ask(self, asker: Identity, room: Room, text: str, anonymous: bool) -> dict[str, Any]:
-        """Store a question: published at once if the room auto-approves, else pending for staff."""
+    async def ask(self, asker: Identity, room: Room, text: str, anonymous: bool, coins: int = 0) -> dict[str, Any]:
+        """Store a question: published at once if the room auto-approves, else pending for staff. With
+        ``coins``, they are held from the asker's wallet until the question is answered or not."""
         if not asker.grants.ask:
             raise forbidden("asking questions")
+        if coins and self.payments is None:
+            raise RoomError("invalid", "paid questions are not available here")
         text = text.strip()
         if not text:
             raise RoomError("invalid", "the question is empty")
@@ -98,8 +111,9 @@ class QuestionService:
                 )
         now = now_ms()
         published = room.qa_auto_approve or asker.is_staff
-        question = {
-            "id": "q" + secrets.token_hex(8),
+        question_id = "q" + secrets.token_hex(8)
+        question: dict[str, Any] = {
+            "id": question_id,
             "text": text,
             "anonymous": anonymous,
             "author": asker.member(),
@@ -109,8 +123,16 @@ class QuestionService:
             "published_ts": now if published else None,
             "updated_ts": now,
             "v": 1,
+            "paid": coins,
         }
-        change = await self._loaded(asker.room_id, lambda: self.store.ask(asker.room_id, question))
+        if coins and self.payments is not None:
+            await self.payments.hold(asker, room, question_id, coins)
+        try:
+            change = await self._loaded(asker.room_id, lambda: self.store.ask(asker.room_id, question))
+        except BaseException:
+            if coins and self.payments is not None:
+                await self.payments.settle(room, question_id, answered=False)
+            raise
         self.recorder.question(asker.room_id, change.question)
         return change.question
 
@@ -126,7 +148,7 @@ class QuestionService:
         return {"id": question_id, "votes": result.votes, "voted": up, "seq": result.seq}
 
     # staff
-    async def moderate(self, staff: Identity, question_id: str, action: str) -> dict[str, Any]:
+    async def moderate(self, staff: Identity, room: Room, question_id: str, action: str) -> dict[str, Any]:
         """approve, dismiss, hide, reopen or answered_live (see :data:`ACTIONS`)."""
         if not staff.is_staff:
             raise forbidden("moderating questions")
@@ -137,9 +159,9 @@ class QuestionService:
             patch["answer"] = None
         elif action == "answered_live":
             patch["answer"] = self._answer(staff, None, private=False, live=True)
-        return await self._change(staff.room_id, question_id, ACTIONS[action], patch)
+        return await self._change(room, question_id, ACTIONS[action], patch)
 
-    async def answer(self, staff: Identity, question_id: str, text: str, private: bool) -> dict[str, Any]:
+    async def answer(self, staff: Identity, room: Room, question_id: str, text: str, private: bool) -> dict[str, Any]:
         """Answer in text, public to the room or private to the asker; answering again replaces it."""
         if not staff.is_staff:
             raise forbidden("answering questions")
@@ -149,7 +171,7 @@ class QuestionService:
         if len(text) > self.policy.answer_max_chars:
             raise RoomError("too_long", f"an answer is at most {self.policy.answer_max_chars} characters")
         patch = {"answer": self._answer(staff, text, private=private, live=False)}
-        return await self._change(staff.room_id, question_id, ANSWER, patch)
+        return await self._change(room, question_id, ANSWER, patch)
 
     async def pin(self, staff: Identity, question_id: str | None) -> dict[str, Any]:
         """Pin a published or answered question as "now answering"; ``None`` unpins."""
@@ -177,9 +199,16 @@ class QuestionService:
         by = {"user_id": staff.user_id, "name": staff.name}
         return {"text": text, "private": private, "live": live, "by": by, "ts": now_ms()}
 
-    async def _change(self, room_id: str, question_id: str, move: Transition, patch: dict[str, Any]) -> dict[str, Any]:
+    async def _change(self, room: Room, question_id: str, move: Transition, patch: dict[str, Any]) -> dict[str, Any]:
+        room_id = room.id
         change = await self._loaded(room_id, lambda: self.store.change(room_id, question_id, move, patch, now_ms()))
         self.recorder.question(room_id, change.question)
+        if change.question.get("paid") and self.payments is not None:
+            # Settled once: later moves find the hold closed and change nothing.
+            if move.to is S.ANSWERED:
+                await self.payments.settle(room, question_id, answered=True)
+            elif move.to in (S.DISMISSED, S.HIDDEN):
+                await self.payments.settle(room, question_id, answered=False)
         return change.question
 
     async def _loaded(self, room_id: str, call: Callable[[], Awaitable[T]]) -> T:

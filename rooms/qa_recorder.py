@@ -34,6 +34,7 @@ def question_row(room_id: str, q: dict[str, Any]) -> dict[str, Any]:
         "anonymous": q["anonymous"],
         "text": q["text"],
         "state": q["state"],
+        "paid": int(q.get("paid") or 0),
         "answer_text": answer.get("text"),
         "answer_private": answer.get("private") if answer else None,
         "answer_live": answer.get("live") if answer else None,
@@ -70,6 +71,7 @@ def question_record(row: Any) -> dict[str, Any]:
         "published_ts": m["published_at"],
         "updated_ts": m["updated_at"],
         "v": m["version"],
+        "paid": int(m["paid"]),
     }
 
 

@@ -69,6 +69,8 @@ class QaAskIn(Inbound):
     # The length rule (after trimming) is the Q&A service's, so the limit stays configurable.
     text: Annotated[str, StringConstraints(max_length=20_000)]
     anonymous: bool = False
+    #: Coins to attach (a paid question); the amount rules are the ledger's.
+    coins: int = 0
 
 
 class QaVoteIn(Inbound):

@@ -84,6 +84,8 @@ questions = Table(
     Column("anonymous", Boolean, nullable=False),
     Column("text", Text, nullable=False),
     Column("state", String(16), nullable=False),
+    # Coins attached by the asker (a paid question), held until it is answered or not.
+    Column("paid", BigInteger, nullable=False, server_default="0"),
     Column("answer_text", Text, nullable=True),
     Column("answer_private", Boolean, nullable=True),
     Column("answer_live", Boolean, nullable=True),

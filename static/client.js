@@ -255,9 +255,9 @@ export class RoomClient extends EventTarget {
     return answer;
   }
 
-  /** Ask a question; on success it shows at once (pending ones only to the asker and staff). */
-  async ask(text, anonymous) {
-    const answer = await this.request('qa:ask', {text, anonymous});
+  /** Ask a question, with coins attached if `coins`; it shows at once (pending ones only to the asker and staff). */
+  async ask(text, anonymous, coins = 0) {
+    const answer = await this.request('qa:ask', coins ? {text, anonymous, coins} : {text, anonymous});
     if (answer.ok && !this.questions.has(answer.question.id)) {
       this.questions.set(answer.question.id, {...answer.question, mine: true});
       this.emitChange('qa');

@@ -24,6 +24,8 @@ function button(text, testid, onClick, extra = {}) {
 
 const byTop = (a, b) => b.votes - a.votes || a.ts - b.ts;
 const byRecent = (a, b) => b.ts - a.ts;
+// Paid questions come first in the staff's lists, the biggest amount first (the teacher's queue).
+const paidFirst = (order) => (a, b) => (b.paid || 0) - (a.paid || 0) || order(a, b);
 
 /** Text describing an answer as this viewer may see it. */
 function answerText(answer) {
@@ -78,7 +80,8 @@ export function mountQa(client, studio) {
   function visible() {
     let list = [...client.questions.values()];
     if (studio) list = list.filter((q) => FILTERS[$('qa-filter').value].includes(q.state));
-    return list.sort($('qa-sort').value === 'top' ? byTop : byRecent).slice(0, MAX_ITEMS);
+    const order = $('qa-sort').value === 'top' ? byTop : byRecent;
+    return list.sort(studio ? paidFirst(order) : order).slice(0, MAX_ITEMS);
   }
 
   function item(q) {
@@ -88,6 +91,7 @@ export function mountQa(client, studio) {
     const author = q.author ? q.author.name : 'Anonymous';
     head.append(el('span', {className: 'name', textContent: q.mine ? `${author} (you)` : author}, {testid: 'qa-author'}));
     if (studio && q.anonymous) head.append(el('span', {className: 'role', textContent: 'asked anonymously'}));
+    if (q.paid) head.append(el('span', {className: 'badge paid', textContent: `${q.paid} coins`}, {testid: 'qa-paid'}));
     if (STATE_LABELS[q.state]) head.append(el('span', {className: 'badge', textContent: STATE_LABELS[q.state]}, {testid: 'qa-state'}));
     li.append(head, el('p', {className: 'text', textContent: q.text}, {testid: 'qa-text'}));
     if (q.answer) li.append(el('p', {className: 'answer', textContent: answerText(q.answer)}, {testid: 'qa-answer'}));
@@ -180,9 +184,13 @@ export function mountQa(client, studio) {
       const text = input.value.trim();
       if (!text) return;
       $('qa-ask').disabled = true;
-      const answer = show(await client.ask(text, $('qa-anonymous').checked));
+      const coins = Number($('qa-coins').value || 0);
+      const answer = show(await client.ask(text, $('qa-anonymous').checked, coins));
       renderControls();
-      if (answer.ok) input.value = '';
+      if (answer.ok) {
+        input.value = '';
+        $('qa-coins').value = '';
+      }
     });
   }
   render();

@@ -53,6 +53,8 @@ async def test_questions_and_votes_survive_a_redis_restart(
         redis_server.start()
         for server in (a, b):
             await server.ready_again()
+        # Both instances find the new epoch and tell their members to reload; join after that.
+        await wait_until(lambda: all(s.reloads for s in students), timeout=15, what="members told to reload")
 
         after = [Member(url, token(ROOM, f"after-{i}", Role.ASSISTANT)) for i, url in enumerate((a.url, b.url))]
         await joined(*after)

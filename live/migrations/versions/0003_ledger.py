@@ -33,6 +33,8 @@ TABLES = (
 def upgrade() -> None:
     with op.batch_alter_table("rooms") as batch:
         batch.add_column(sa.Column("teacher_id", sa.String(64), nullable=True))
+    with op.batch_alter_table("questions") as batch:
+        batch.add_column(sa.Column("paid", sa.BigInteger, nullable=False, server_default="0"))
     # The tables as gifting/tables.py declares them at this revision (constraints and indexes included).
     bind = op.get_bind()
     for name in TABLES:
@@ -43,5 +45,7 @@ def downgrade() -> None:
     bind = op.get_bind()
     for name in reversed(TABLES):
         metadata.tables[name].drop(bind)
+    with op.batch_alter_table("questions") as batch:
+        batch.drop_column("paid")
     with op.batch_alter_table("rooms") as batch:
         batch.drop_column("teacher_id")
