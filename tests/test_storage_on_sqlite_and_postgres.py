@@ -4,12 +4,15 @@ once), rooms and their transitions, bans, and the chat transcript written behind
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import CheckConstraint, inspect, text
 
+from gifting import tables as gifting_tables
 from live.config import normalize_database_url
 from live.db import create_engine, migrate
+from rooms import tables as rooms_tables
 from rooms.chat import ChatTranscript
 from rooms.engine_memory import MemoryEngine
 from rooms.errors import RoomError
@@ -72,3 +75,35 @@ async def test_rooms_bans_and_transcript(db_url: str) -> None:
                 await conn.execute(text("UPDATE rooms SET status = 'paused' WHERE id = 'bio-1'"))
     finally:
         await db.dispose()
+
+
+async def test_migrations_build_the_tables_the_code_declares(db_url: str) -> None:
+    """Alembic's migrations and the SQLAlchemy tables in rooms/ and gifting/ describe the same schema:
+    every table, column, nullability and CHECK constraint."""
+    url = normalize_database_url(db_url)
+    await migrate(url)
+    engine = create_engine(url)
+
+    def read(sync_conn: Any) -> dict[str, Any]:
+        inspector = inspect(sync_conn)
+        out = {}
+        for name in inspector.get_table_names():
+            if name == "alembic_version":
+                continue
+            columns = {c["name"]: c["nullable"] for c in inspector.get_columns(name)}
+            checks = {c["name"] for c in inspector.get_check_constraints(name) if c.get("name")}
+            out[name] = (columns, checks)
+        return out
+
+    try:
+        async with engine.connect() as conn:
+            migrated = await conn.run_sync(read)
+    finally:
+        await engine.dispose()
+    declared = {}
+    for metadata in (rooms_tables.metadata, gifting_tables.metadata):
+        for table in metadata.sorted_tables:
+            columns = {c.name: c.nullable for c in table.columns}
+            checks = {c.name for c in table.constraints if isinstance(c, CheckConstraint) and c.name}
+            declared[table.name] = (columns, checks)
+    assert migrated == declared
