@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gifting import accounts as acct
 from gifting import operations as ops
@@ -153,6 +154,39 @@ class GiftService:
             )
             totals["payments"] = int((await conn.execute(count)).scalar() or 0)
         return totals
+
+    async def set_limits(self, user: Identity, per_transfer: int | None, daily: int | None) -> dict[str, int]:
+        """The user's own spending caps: only lower than the platform's (a value above it is refused)."""
+        for value, platform, name in (
+            (per_transfer, self.policy.per_transfer_cap, "per_transfer"),
+            (daily, self.policy.daily_cap, "daily"),
+        ):
+            if value is not None and not 1 <= value <= platform:
+                raise RoomError("bad_amount", f"{name} must be 1-{platform} coins (the platform's cap)")
+        lim = t.spending_limits
+        row = {"owner": user.user_id, "per_transfer": per_transfer, "daily": daily, "updated_at": now_ms()}
+        dialect = postgresql if self.ledger.db.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(lim)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["owner"],
+            set_={
+                "per_transfer": stmt.excluded.per_transfer,
+                "daily": stmt.excluded.daily,
+                "updated_at": stmt.excluded.updated_at,
+            },
+        )
+        async with self.ledger.db.begin() as conn:
+            await conn.execute(stmt, row)
+        return {
+            "per_transfer": per_transfer or self.policy.per_transfer_cap,
+            "daily": daily or self.policy.daily_cap,
+        }
+
+    async def reverse(self, op_key: str, reason: str, key: str, actor: str = "admin") -> dict[str, Any]:
+        """An admin correction: the operation's transfers all reversed, the reason in the audit log.
+        Gifts and tips are refunded only this way."""
+        outcome = await self.ledger.submit(ops.reversal(f"reversal:{key}", op_key, actor, reason))
+        return {**outcome.result, "replayed": outcome.replayed}
 
     async def credit(self, user_id: str, coins: int, key: str, source: str = "host") -> dict[str, Any]:
         """Coins paid for outside this server (the host took the payment), once per idempotency key."""

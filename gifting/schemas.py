@@ -47,3 +47,17 @@ class CreditIn(MoneyIn):
 
     coins: Annotated[int, Field(gt=0, lt=2**53)]
     idempotency_key: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")]
+
+
+class LimitsIn(MoneyIn):
+    """Payload of ``wallet:limits``: the user's own caps (null: the platform's)."""
+
+    per_transfer: Annotated[int, Field(gt=0)] | None = None
+    daily: Annotated[int, Field(gt=0)] | None = None
+
+
+class ReverseIn(MoneyIn):
+    """Body of ``POST /api/ledger/operations/{key}/reverse``."""
+
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=500)]
+    idempotency_key: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")]

@@ -10,7 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from gifting.gifts import GiftService
-from gifting.schemas import CreditIn
+from gifting.reports import EXPORT_COLUMNS, Reports
+from gifting.schemas import CreditIn, ReverseIn
 from live.auth import check_basic_auth, mint_token
 from live.config import Settings
 from live.http_util import error_response, read_json
@@ -54,12 +55,14 @@ class AdminApi:
         rooms: RoomService,
         qa: QuestionService,
         gifts: GiftService,
+        reports: Reports,
         presence: PresenceKeeper,
     ) -> None:
         self.settings = settings
         self.rooms = rooms
         self.qa = qa
         self.gifts = gifts
+        self.reports = reports
         self.presence = presence
 
     def add_routes(self, app: web.Application) -> None:
@@ -72,6 +75,9 @@ class AdminApi:
         app.router.add_post("/api/wallets/{user_id}/credit", self.credit)
         app.router.add_get("/api/wallets/{user_id}", self.get_wallet)
         app.router.add_get("/api/rooms/{id}/money", self.room_money)
+        app.router.add_get("/api/wallets/{user_id}/statement", self.statement)
+        app.router.add_get("/api/ledger/transfers", self.export_transfers)
+        app.router.add_post("/api/ledger/operations/{key}/reverse", self.reverse)
         app.router.add_post("/api/rooms/{id}/live", self.go_live)
         app.router.add_post("/api/rooms/{id}/end", self.end_room)
         app.router.add_post("/api/rooms/{id}/tokens", self.mint)
@@ -120,6 +126,41 @@ class AdminApi:
         self._authorize(request)
         user_id = _user_id(request)
         return web.json_response({"user_id": user_id, **await self.gifts.wallet(user_id)})
+
+    async def statement(self, request: web.Request) -> web.Response:
+        """A wallet's (or, ``?account=earnings``, a teacher's earnings') balance and transfers."""
+        self._authorize(request)
+        user_id = _user_id(request)
+        kind = request.query.get("account", "wallet")
+        if kind not in ("wallet", "earnings", "held"):
+            return error_response("invalid", "account must be wallet, earnings or held")
+        limit = _int_query(request, "limit", 100, 1, 1000) or 100
+        before = _int_query(request, "before", None, 1, 2**62)
+        return web.json_response(await self.reports.statement(f"{kind}:{user_id}", limit, before))
+
+    async def export_transfers(self, request: web.Request) -> web.Response:
+        """Every transfer (of ``?room=``, from ``?since=`` ms), oldest first, as JSON or CSV."""
+        self._authorize(request)
+        fmt = request.query.get("format", "json")
+        if fmt not in ("json", "csv"):
+            return error_response("invalid", "format must be json or csv")
+        since = _int_query(request, "since", None, 0, 2**62)
+        rows = await self.reports.transfers(request.query.get("room"), since)
+        if fmt == "json":
+            return web.json_response({"transfers": rows})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        return web.Response(text=out.getvalue(), content_type="text/csv")
+
+    async def reverse(self, request: web.Request) -> web.Response:
+        """Reverse every transfer of an operation (a refund of a gift or tip, a chargeback of a top-up),
+        with the reason in the audit log; once per operation, and once per ``idempotency_key``."""
+        self._authorize(request)
+        body = await read_json(request, ReverseIn)
+        result = await self.gifts.reverse(request.match_info["key"], body.reason, body.idempotency_key)
+        return web.json_response(result, status=200 if result["replayed"] else 201)
 
     async def room_money(self, request: web.Request) -> web.Response:
         """Coins paid in the room by gifts and tips, and the teacher's and the platform's shares."""
@@ -202,3 +243,16 @@ def _user_id(request: web.Request) -> str:
     if not USER_ID_RE.match(user_id):
         raise RoomError("invalid", "user ids are 1-64 characters of A-Z, a-z, 0-9 and _.:@-")
     return user_id
+
+
+def _int_query(request: web.Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RoomError("invalid", f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise RoomError("invalid", f"{name} must be {low}-{high}")
+    return value

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gifting.gifts import GiftService
 from gifting.ledger import Caps, Ledger
 from gifting.payments import CheckoutService, PaymentProvider, SandboxProvider, StripeProvider
+from gifting.reports import Reports
 from live.admin_api import AdminApi
 from live.config import Settings
 from live.db import create_engine, migrate
@@ -151,7 +152,7 @@ def create_app(settings: Settings) -> web.Application:
         metrics,
     )
     app[SERVICES] = services
-    AdminApi(settings, rooms, qa, gifts, presence).add_routes(app)
+    AdminApi(settings, rooms, qa, gifts, Reports(db), presence).add_routes(app)
     PaymentRoutes(checkouts).add_routes(app)
     OpsRoutes(db, engine, metrics).add_routes(app)
     Pages(STATIC_DIR).add_routes(app)

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gifting.gifts import GiftService
 from gifting.payments import CheckoutService
-from gifting.schemas import CheckoutIn, GiftSendIn, TipSendIn, WalletGetIn
+from gifting.schemas import CheckoutIn, GiftSendIn, LimitsIn, TipSendIn, WalletGetIn
 from live.auth import TokenError, verify_token
 from live.config import Settings
 from live.metrics import Metrics
@@ -130,6 +130,7 @@ class SocketGateway:
             "tip:send": (TipSendIn, self._tip_send, True),
             "wallet:get": (WalletGetIn, self._wallet_get, True),
             "wallet:checkout": (CheckoutIn, self._wallet_checkout, True),
+            "wallet:limits": (LimitsIn, self._wallet_limits, True),
         }
         self._known_events = set(events)
         for name, (schema, handler, needs_join) in events.items():
@@ -334,6 +335,9 @@ class SocketGateway:
         if who.is_staff:
             answer["room"] = await self.gifts.room_totals(who.room_id)
         return answer
+
+    async def _wallet_limits(self, session: Session, msg: LimitsIn) -> dict[str, Any]:
+        return {"limits": await self.gifts.set_limits(session.identity, msg.per_transfer, msg.daily)}
 
     async def _wallet_checkout(self, session: Session, msg: CheckoutIn) -> dict[str, Any]:
         return await self.checkouts.start(session.identity, msg.pack, f"{self.settings.base_url()}/room")

@@ -27,6 +27,7 @@ STATUS_OF_CODE = {
     "room_ended": 409,
     "idempotency_mismatch": 409,
     "insufficient_funds": 409,
+    "already_reversed": 409,
     "too_large": 413,
     "rate_limited": 429,
     "unavailable": 503,

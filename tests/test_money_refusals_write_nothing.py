@@ -103,3 +103,47 @@ async def test_refusals_have_codes_and_write_nothing(start_app: AppFactory) -> N
     finally:
         for m in members:
             await m.close()
+
+
+async def test_admin_reversal_statements_and_own_caps(start_app: AppFactory) -> None:
+    url, services = await start_app()
+    teacher, student = Member(url, token(ROOM, "teacher", Role.TEACHER)), Member(url, token(ROOM, "stu"))
+    try:
+        await joined(teacher, student)
+        assert (await credit(url, "stu", 500, "fund-stu"))[0] == 201
+        gift = await student.call("gift:send", {"gift": "star", "key": "s1"})
+        assert gift["ok"] and gift["balance"] == 450
+        async with aiohttp.ClientSession(headers=ADMIN_AUTH) as http:
+            path = f"{url}/api/ledger/operations/{gift['key']}/reverse"
+            async with http.post(path, json={"reason": "", "idempotency_key": "r1"}) as r:
+                assert r.status == 400, "a reversal needs a reason"
+            async with http.post(path, json={"reason": "sent by mistake", "idempotency_key": "r1"}) as r:
+                assert r.status == 201, await r.text()
+            async with http.post(path, json={"reason": "sent by mistake", "idempotency_key": "r1"}) as r:
+                assert r.status == 200 and (await r.json())["replayed"] is True
+            async with http.post(path, json={"reason": "again", "idempotency_key": "r2"}) as r:
+                assert r.status == 409 and (await r.json())["error"]["code"] == "already_reversed"
+            async with http.get(f"{url}/api/wallets/stu/statement") as r:
+                statement = await r.json()
+            async with http.get(f"{url}/api/wallets/teacher/statement", params={"account": "earnings"}) as r:
+                earnings = await r.json()
+            async with http.get(f"{url}/api/ledger/transfers", params={"room": ROOM, "format": "csv"}) as r:
+                exported = await r.text()
+        assert statement["balance"] == 500
+        async with services.db.connect() as conn:
+            audit = (await conn.execute(select(t.audit_log.c.actor, t.audit_log.c.target, t.audit_log.c.reason))).all()
+        assert [tuple(row) for row in audit] == [("admin", gift["key"], "sent by mistake")]
+        assert [line["amount"] for line in statement["lines"]] == [15, 35, -15, -35, 500]
+        assert earnings["balance"] == 0 and [line["amount"] for line in earnings["lines"]] == [-35, 35]
+        assert exported.splitlines()[0].startswith("id,op_key,kind") and len(exported.splitlines()) == 3
+
+        too_high = await student.call("wallet:limits", {"per_transfer": 10**9})
+        assert too_high["error"]["code"] == "bad_amount", "a user may only lower the platform's caps"
+        assert (await student.call("wallet:limits", {"per_transfer": 40}))["limits"]["per_transfer"] == 40
+        capped = await student.call("gift:send", {"gift": "star", "key": "s2"})
+        assert capped["error"]["code"] == "cap_reached"
+        assert (await student.call("gift:send", {"gift": "coffee", "key": "s3"}))["ok"]
+        assert await services.ledger.total() == 0
+    finally:
+        await teacher.close()
+        await student.close()
