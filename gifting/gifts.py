@@ -12,7 +12,7 @@ from gifting import operations as ops
 from gifting import tables as t
 from gifting.ledger import Ledger
 from gifting.policy import GiftPolicy
-from rooms.engine import now_ms
+from rooms.engine import Engine, now_ms
 from rooms.errors import RoomError, forbidden
 from rooms.identity import Identity
 from rooms.service import Room
@@ -21,9 +21,10 @@ from rooms.service import Room
 class GiftService:
     """Sending gifts and tips, and reading wallets."""
 
-    def __init__(self, ledger: Ledger, policy: GiftPolicy) -> None:
+    def __init__(self, ledger: Ledger, policy: GiftPolicy, engine: Engine) -> None:
         self.ledger = ledger
         self.policy = policy
+        self.engine = engine
 
     def _payee(self, sender: Identity, room: Room) -> str:
         if not sender.grants.gift:
@@ -44,10 +45,14 @@ class GiftService:
             raise RoomError("unknown_gift", f"no gift {gift_id[:32]!r} in the catalogue")
         if not 1 <= count <= self.policy.max_count:
             raise RoomError("bad_amount", f"send 1 to {self.policy.max_count} gifts at a time")
+        # Bilibili's combo: the same gift from the same user again within the window grows one combo.
+        streak_key = f"combo:{room.id}:{sender.user_id}:{gift.id}"
+        combo = await self.engine.streak(streak_key, count, self.policy.combo_window_ms)
         event = {
             "from": {"user_id": sender.user_id, "name": sender.name},
             "gift": {"id": gift.id, "name": gift.name, "tier": gift.tier},
             "count": count,
+            "combo": combo,
         }
         plan = ops.payment(
             f"gift:{sender.user_id}:{key}",
@@ -60,8 +65,45 @@ class GiftService:
             body={"gift": gift.id, "count": count},
             events=[("gift.sent", event)],
         )
+        try:
+            outcome = await self.ledger.submit(plan)
+        except BaseException:
+            await self.engine.streak(streak_key, -count, self.policy.combo_window_ms)
+            raise
+        if outcome.replayed:
+            await self.engine.streak(streak_key, -count, self.policy.combo_window_ms)
+        result = {**outcome.result, "gift": event["gift"], "count": count, "replayed": outcome.replayed}
+        return {**result, "combo": combo} if not outcome.replayed else result
+
+    async def send_message(self, sender: Identity, room: Room, text: str, coins: int, key: str) -> dict[str, Any]:
+        """A paid highlighted message (Super Chat): its tier (colour, pin time, length) grows with coins."""
+        teacher = self._payee(sender, room)
+        tier = self.policy.tier(coins) if isinstance(coins, int) and not isinstance(coins, bool) else None
+        if tier is None:
+            raise RoomError("bad_amount", f"a paid message is at least {self.policy.tiers[0].min_coins} coins")
+        text = text.strip()
+        if not text:
+            raise RoomError("invalid", "the message is empty")
+        if len(text) > tier.max_chars:
+            raise RoomError("too_long", f"{coins} coins allow {tier.max_chars} characters", max_chars=tier.max_chars)
+        event = {
+            "from": {"user_id": sender.user_id, "name": sender.name},
+            "text": text,
+            "tier": {"level": tier.level, "colour": tier.colour, "pin_s": tier.pin_s},
+        }
+        plan = ops.payment(
+            f"msg:{sender.user_id}:{key}",
+            "paid_message",
+            sender.user_id,
+            teacher,
+            coins,
+            room.id,
+            teacher_share_bp=self.policy.teacher_share_bp,
+            body={"text": text},
+            events=[("message.paid", event)],
+        )
         outcome = await self.ledger.submit(plan)
-        return {**outcome.result, "gift": event["gift"], "count": count, "replayed": outcome.replayed}
+        return {**outcome.result, "tier": event["tier"], "replayed": outcome.replayed}
 
     async def send_tip(self, sender: Identity, room: Room, coins: int, key: str, message: str | None) -> dict[str, Any]:
         """A free amount to the teacher, with an optional short message."""

@@ -497,7 +497,10 @@ def money_event(events: list[dict[str, Any]]) -> dict[str, Any]:
             g = gifts.setdefault(e["data"]["gift"]["id"], {"count": 0, "coins": 0})
             g["count"] += e["data"]["count"]
             g["coins"] += e["data"]["coins"]
-    biggest = sorted(events, key=lambda e: -int(e["data"].get("coins", 0)))[:HIGHLIGHTS]
+    # Paid messages are shown to everyone; of the rest, the biggest.
+    paid = [e for e in events if e["type"] == "message.paid"]
+    others = sorted((e for e in events if e["type"] != "message.paid"), key=lambda e: -int(e["data"].get("coins", 0)))
+    biggest = paid + others[: max(0, HIGHLIGHTS - len(paid))]
     public = {"gifts": gifts, "coins": sum(int(e["data"].get("coins", 0)) for e in events), "highlights": biggest}
     return {"events": events, "public": public}
 

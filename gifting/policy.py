@@ -31,6 +31,26 @@ DEFAULT_PACKS = (
     CoinPack("coins-1200", 1200, 999, "usd"),
 )
 
+
+@dataclass(frozen=True)
+class MessageTier:
+    """A paid highlighted message's tier (Super Chat): from ``min_coins`` on, shown in ``colour``, pinned
+    for ``pin_s`` seconds, with up to ``max_chars`` characters."""
+
+    level: int
+    min_coins: int
+    colour: str
+    pin_s: int
+    max_chars: int
+
+
+DEFAULT_TIERS = (
+    MessageTier(1, 10, "blue", 0, 50),
+    MessageTier(2, 50, "green", 30, 150),
+    MessageTier(3, 200, "orange", 120, 270),
+    MessageTier(4, 1000, "red", 300, 350),
+)
+
 DEFAULT_CATALOGUE = (
     Gift("heart", "Heart", 1, 1),
     Gift("coffee", "Coffee", 10, 1),
@@ -47,6 +67,9 @@ class GiftPolicy:
 
     catalogue: tuple[Gift, ...] = DEFAULT_CATALOGUE
     packs: tuple[CoinPack, ...] = DEFAULT_PACKS
+    tiers: tuple[MessageTier, ...] = DEFAULT_TIERS
+    #: Repeated gifts of one kind from one user this close together are announced as one combo.
+    combo_window_ms: int = 3000
     #: Share of gifts, tips and paid questions that goes to the teacher, in basis points (70%).
     teacher_share_bp: int = 7000
     per_transfer_cap: int = 10_000
@@ -55,6 +78,11 @@ class GiftPolicy:
     max_count: int = 99
     #: Coins of a paid question left unanswered go back after this long, if the room was never ended.
     hold_ttl_s: int = 6 * 3600
+
+    def tier(self, coins: int) -> MessageTier | None:
+        """The highest tier ``coins`` reach, if any."""
+        reached = [t for t in self.tiers if coins >= t.min_coins]
+        return max(reached, key=lambda t: t.min_coins) if reached else None
 
     def gift(self, gift_id: str) -> Gift | None:
         return next((g for g in self.catalogue if g.id == gift_id), None)

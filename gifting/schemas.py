@@ -38,6 +38,14 @@ class CheckoutIn(MoneyIn):
     pack: Annotated[str, StringConstraints(min_length=1, max_length=32)]
 
 
+class PaidMessageIn(MoneyIn):
+    """Payload of ``message:paid``; the length rule depends on the tier the coins reach."""
+
+    text: Annotated[str, StringConstraints(max_length=2000)]
+    coins: int
+    key: ClientKey
+
+
 class WalletGetIn(MoneyIn):
     """Payload of ``wallet:get``."""
 

@@ -131,7 +131,7 @@ def create_app(settings: Settings) -> web.Application:
 
     caps = Caps(settings.gifts.per_transfer_cap, settings.gifts.daily_cap)
     ledger = Ledger(db, caps, publisher=publish)
-    gifts = GiftService(ledger, settings.gifts)
+    gifts = GiftService(ledger, settings.gifts, engine)
     qa.payments = gifts
     checkouts = CheckoutService(db, ledger, payment_provider(settings), settings.gifts.packs)
     gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics)

@@ -123,6 +123,7 @@ class Settings:
                 teacher_share_bp=_int(env, "LIVE_TEACHER_SHARE_PCT", 70, 0, 100) * 100,
                 per_transfer_cap=_int(env, "LIVE_SPEND_CAP_PER_TRANSFER", 10_000, 1, 10**12),
                 daily_cap=_int(env, "LIVE_SPEND_CAP_DAILY", 50_000, 1, 10**12),
+                combo_window_ms=_int(env, "LIVE_GIFT_COMBO_MS", 3000, 100, 60_000),
             ),
             "log_level": _choice(env, "LIVE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         }

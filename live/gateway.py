@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gifting.gifts import GiftService
 from gifting.payments import CheckoutService
-from gifting.schemas import CheckoutIn, GiftSendIn, LimitsIn, TipSendIn, WalletGetIn
+from gifting.schemas import CheckoutIn, GiftSendIn, LimitsIn, PaidMessageIn, TipSendIn, WalletGetIn
 from live.auth import TokenError, verify_token
 from live.config import Settings
 from live.metrics import Metrics
@@ -128,6 +128,7 @@ class SocketGateway:
             "qa:settings": (QaSettingsIn, self._qa_settings, True),
             "gift:send": (GiftSendIn, self._gift_send, True),
             "tip:send": (TipSendIn, self._tip_send, True),
+            "message:paid": (PaidMessageIn, self._paid_message, True),
             "wallet:get": (WalletGetIn, self._wallet_get, True),
             "wallet:checkout": (CheckoutIn, self._wallet_checkout, True),
             "wallet:limits": (LimitsIn, self._wallet_limits, True),
@@ -324,6 +325,10 @@ class SocketGateway:
         who = session.identity
         return await self.gifts.send_tip(who, self._room(who.room_id), msg.coins, msg.key, msg.message)
 
+    async def _paid_message(self, session: Session, msg: PaidMessageIn) -> dict[str, Any]:
+        who = session.identity
+        return await self.gifts.send_message(who, self._room(who.room_id), msg.text, msg.coins, msg.key)
+
     async def _wallet_get(self, session: Session, _: WalletGetIn) -> dict[str, Any]:
         policy = self.gifts.policy
         who = session.identity
@@ -331,6 +336,7 @@ class SocketGateway:
             "wallet": await self.gifts.wallet(who.user_id),
             "gifts": [asdict(g) for g in policy.catalogue],
             "packs": [asdict(p) for p in policy.packs],
+            "tiers": [asdict(t) for t in policy.tiers],
         }
         if who.is_staff:
             answer["room"] = await self.gifts.room_totals(who.room_id)

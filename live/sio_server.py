@@ -4,7 +4,8 @@ Everything here touches python-socketio / python-engineio internals, so both are
 pyproject.toml and ``tests/test_socketio_internals.py`` fails loudly if an upgrade changes them:
 
 - ``_handle_event_internal`` receives the ack id: we record whether the client asked for an ack, so an
-  error for an event sent without one is reported on the ``error`` event instead of vanishing.
+  error for an event sent without one is reported on the ``error`` event instead of vanishing; and we
+  write the ack frame ourselves, as room events are written (below).
 - ``_handle_eio_message`` sees each raw packet: we record its size, so the per-event size limit costs a
   ``len()`` instead of encoding the payload again.
 - Websockets without permessage-deflate. aiohttp's ``WebSocketResponse`` accepts it by default, and every
@@ -85,15 +86,25 @@ class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_event_internal(  # type: ignore[no-untyped-def]
         self, server, sid, eio_sid, data, namespace, id
     ):
+        # python-socketio's own, except that the ack is written like a room event (see broadcast).
         ACK_REQUESTED.set(id is not None)
-        return await super()._handle_event_internal(server, sid, eio_sid, data, namespace, id)
+        result = await server._trigger_event(data[0], namespace, sid, *data[1:])
+        if result == self.not_handled or id is None:
+            return
+        args = [] if result is None else list(result) if isinstance(result, tuple) else [result]
+        if namespace != NAMESPACE:
+            await server._send_packet(eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=args))
+            return
+        sock = self.eio.sockets.get(eio_sid)
+        if sock is not None and not sock.closed:
+            self._send(sock, str(sio_packet.ACK) + str(id) + _json(args))
 
     def broadcast(self, event: str, data: Any, room: str, exclude: frozenset[str] = frozenset()) -> int:
         """Send ``event`` to every local socket in ``room`` (a room id, or a socket's sid) except the sids
         in ``exclude``; returns how many sockets got it."""
         # Socket.IO's text encoding of an EVENT on "/" (socketio.packet.Packet.encode), without its search
         # of the whole payload for binary attachments: room events are JSON.
-        encoded = str(sio_packet.EVENT) + json.dumps([event, data], separators=(",", ":"))
+        encoded = str(sio_packet.EVENT) + _json([event, data])
         queued = eio_packet.Packet(eio_packet.MESSAGE, encoded)
         frame = websocket_text_frame(queued.encode().encode())
         sockets = self.eio.sockets
@@ -105,16 +116,30 @@ class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             if sock is None or sock.closed:
                 continue
             sent += 1
-            transport = getattr(sock, "lc_transport", None)
-            if frame is not None and transport is not None and sock.upgraded and not sock.upgrading:
-                if transport.is_closing():
-                    continue
-                buffered = transport.get_write_buffer_size()
-                if buffered == 0 and sock.queue.empty():
-                    transport.write(frame)
-                    continue
-                if buffered > SLOW_CONSUMER_BYTES:
-                    transport.abort()
-                    continue
-            sock.queue.put_nowait(queued)
+            self._write(sock, frame, queued)
         return sent
+
+    def _send(self, sock: Any, encoded: str) -> None:
+        queued = eio_packet.Packet(eio_packet.MESSAGE, encoded)
+        self._write(sock, websocket_text_frame(queued.encode().encode()), queued)
+
+    @staticmethod
+    def _write(sock: Any, frame: bytes, queued: Any) -> None:
+        """Straight to the socket's transport when nothing is waiting before it, else through engineio's
+        queue (so frames never overtake each other); a slow consumer is cut off."""
+        transport = getattr(sock, "lc_transport", None)
+        if transport is not None and sock.upgraded and not sock.upgrading:
+            if transport.is_closing():
+                return
+            buffered = transport.get_write_buffer_size()
+            if buffered == 0 and sock.queue.empty():
+                transport.write(frame)
+                return
+            if buffered > SLOW_CONSUMER_BYTES:
+                transport.abort()
+                return
+        sock.queue.put_nowait(queued)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))

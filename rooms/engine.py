@@ -185,6 +185,11 @@ class Engine(ABC):
     async def take_token(self, key: str, capacity: int, window_s: float) -> int:
         """Token bucket shared by all instances: 0 when allowed, else milliseconds until a token is back."""
 
+    @abstractmethod
+    async def streak(self, key: str, by: int, window_ms: int) -> int:
+        """Add ``by`` to a counter shared by all instances that resets when nothing was added for
+        ``window_ms`` (gift combos); returns the counter after adding."""
+
     # health
     @abstractmethod
     async def ping(self) -> bool: ...

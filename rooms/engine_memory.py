@@ -51,6 +51,7 @@ class MemoryEngine(Engine):
         self._conns: dict[str, dict[str, tuple[float, dict[str, str]]]] = {}
         self._user_conns: dict[str, dict[str, int]] = {}
         self._buckets: dict[str, _Bucket] = {}
+        self._streaks: dict[str, tuple[int, float]] = {}
         self._lock = asyncio.Lock()
 
     def _stream(self, room_id: str) -> _Stream:
@@ -152,6 +153,16 @@ class MemoryEngine(Engine):
         for key, b in list(self._buckets.items()):
             if now - b.at > 3600:
                 del self._buckets[key]
+
+    async def streak(self, key: str, by: int, window_ms: int) -> int:
+        now = time.monotonic()
+        count, last = self._streaks.get(key, (0, now))
+        if now - last > window_ms / 1000:
+            count = 0
+        self._streaks[key] = (count + by, now)
+        if len(self._streaks) > 100_000:
+            self._streaks = {k: v for k, v in self._streaks.items() if now - v[1] < 60}
+        return count + by
 
     async def ping(self) -> bool:
         return True

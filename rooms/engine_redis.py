@@ -444,6 +444,17 @@ class RedisEngine(Engine):
         wait = await self.call(self._token_bucket, [f"{self.prefix}:rl:{key}"], [capacity, repr(per_ms)])
         return int(wait)
 
+    async def streak(self, key: str, by: int, window_ms: int) -> int:
+        name = f"{self.prefix}:streak:{key}"
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.incrby(name, by)
+                pipe.pexpire(name, window_ms)
+                count, _ = await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise EngineUnavailable(str(exc)) from exc
+        return int(count)
+
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())

@@ -17,7 +17,11 @@ function newKey() {
 function describe(event) {
   const d = event.data;
   const who = d.from ? d.from.name : 'Someone';
-  if (event.type === 'gift.sent') return `${who} sent ${d.count} × ${d.gift.name} (${d.coins} coins)`;
+  if (event.type === 'gift.sent') {
+    const combo = d.combo > d.count ? ` · combo ×${d.combo}` : '';
+    return `${who} sent ${d.count} × ${d.gift.name} (${d.coins} coins)${combo}`;
+  }
+  if (event.type === 'message.paid') return `${who} (${d.coins} coins): ${d.text}`;
   if (event.type === 'tip.sent') return `${who} tipped ${d.coins} coins${d.message ? `: ${d.message}` : ''}`;
   return `${who}: ${d.coins} coins`;
 }
@@ -62,13 +66,25 @@ export function mountMoney(client, studio) {
     })));
   }
 
+  function pinMessage(event) {
+    const box = $('paid-pinned');
+    box.textContent = describe(event);
+    box.className = `paid-pinned tier-${event.data.tier.colour}`;
+    box.hidden = false;
+    clearTimeout(pinMessage.timer);
+    pinMessage.timer = setTimeout(() => { box.hidden = true; }, event.data.tier.pin_s * 1000);
+  }
+
   function addToFeed(events) {
     const list = $('money-feed');
     for (const event of events) {
       const li = el('li', {className: `money-item ${event.type.replace('.', '-')}`, textContent: describe(event)},
         {testid: 'money-item'});
       list.prepend(li);
-      if (event.data.gift && event.data.gift.tier >= 2) {
+      if (event.type === 'message.paid') {
+        li.classList.add('paid-message', `tier-${event.data.tier.colour}`);
+        if (event.data.tier.pin_s) pinMessage(event);
+      } else if (event.data.gift && event.data.gift.tier >= 2) {
         li.classList.add('big');
         setTimeout(() => li.classList.remove('big'), 3000);
       }
@@ -91,6 +107,17 @@ export function mountMoney(client, studio) {
     // Back from the checkout tab: the webhook has credited the wallet by then.
     window.addEventListener('focus', refresh);
     document.addEventListener('visibilitychange', () => document.visibilityState === 'visible' && refresh());
+    $('paid-form').addEventListener('submit', async (event) => {
+      event.preventDefault();
+      const text = $('paid-text').value.trim();
+      const coins = Number($('paid-coins').value);
+      if (!text) return;
+      const answer = show(await client.request('message:paid', {text, coins, key: newKey()}));
+      if (answer.ok) {
+        $('wallet-balance').textContent = String(answer.balance);
+        $('paid-text').value = '';
+      }
+    });
     $('tip-form').addEventListener('submit', async (event) => {
       event.preventDefault();
       const coins = Number($('tip-coins').value);

@@ -575,3 +575,13 @@ async def test_presence_refresh_registers_many_connections_at_once_and_keeps_the
     await asyncio.sleep(0.4)  # past the first ttl: the refresh extended it
     assert await head_count(engine, room) == 300
     assert (await engine.presence_remove(room, "c0", "u0")).user_changed is False, "u0's other tab is registered"
+
+
+async def test_streak_grows_within_the_window_and_restarts_after(engine: Engine) -> None:
+    key = f"streak-{uuid.uuid4().hex[:8]}"
+    assert await engine.streak(key, 1, 300) == 1
+    assert await engine.streak(key, 2, 300) == 3
+    assert await engine.streak(key, 1, 300) == 4
+    await asyncio.sleep(0.45)
+    assert await engine.streak(key, 5, 300) == 5, "a pause longer than the window starts a new streak"
+    assert await engine.streak(f"{key}-other", 1, 300) == 1

@@ -1,0 +1,60 @@
+"""Gifts of one kind from one user in quick succession grow one combo; a pause starts a new one. Paid
+highlighted messages take the tier their coins reach (colour, pin time, length), and every member sees
+them, while a student sees only a summary of ordinary gifts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from rooms.identity import Role
+from tests.conftest import AppFactory
+from tests.support import ADMIN_AUTH, Member, joined, token, wait_until
+
+ROOM = "combo-room"
+
+
+def money(member: Member) -> list[dict[str, Any]]:
+    return [e["data"] for e in member.events if e["type"] == "money"]
+
+
+async def test_combos_and_paid_message_tiers(start_app: AppFactory) -> None:
+    url, _ = await start_app(LIVE_GIFT_COMBO_MS="400")
+    teacher, sam, viewer = (
+        Member(url, token(ROOM, "teacher", Role.TEACHER)),
+        Member(url, token(ROOM, "sam")),
+        Member(url, token(ROOM, "viewer")),
+    )
+    try:
+        await joined(teacher, sam, viewer)
+        async with aiohttp.ClientSession(headers=ADMIN_AUTH) as http:
+            async with http.post(f"{url}/api/wallets/sam/credit", json={"coins": 1000, "idempotency_key": "s"}) as r:
+                assert r.status == 201
+        combos = [(await sam.call("gift:send", {"gift": "coffee", "key": f"c{i}"}))["combo"] for i in range(3)]
+        assert combos == [1, 2, 3]
+        assert (await sam.call("gift:send", {"gift": "coffee", "count": 2, "key": "c3"}))["combo"] == 5
+        assert (await sam.call("gift:send", {"gift": "heart", "key": "h0"}))["combo"] == 1, "per kind of gift"
+        replay = await sam.call("gift:send", {"gift": "coffee", "key": "c0"})
+        assert replay["replayed"] and "combo" not in replay, "a replay is no new gift"
+        await asyncio.sleep(0.6)
+        assert (await sam.call("gift:send", {"gift": "coffee", "key": "c9"}))["combo"] == 1, "a pause ends a combo"
+
+        too_cheap = await sam.call("message:paid", {"text": "hi", "coins": 5, "key": "m0"})
+        too_long = await sam.call("message:paid", {"text": "x" * 51, "coins": 10, "key": "m1"})
+        assert (too_cheap["error"]["code"], too_long["error"]["code"]) == ("bad_amount", "too_long")
+        paid = await sam.call("message:paid", {"text": "Thank you for this lesson!", "coins": 60, "key": "m2"})
+        assert paid["ok"] and paid["tier"] == {"level": 2, "colour": "green", "pin_s": 30}
+
+        def paid_seen(member: Member) -> bool:
+            events = [e for d in money(member) for e in d.get("events", d.get("highlights", []))]
+            return any(e["type"] == "message.paid" for e in events)
+
+        await wait_until(lambda: paid_seen(teacher) and paid_seen(viewer), what="the paid message reaches everyone")
+        staff_gifts = [e["data"]["combo"] for d in money(teacher) for e in d["events"] if e["type"] == "gift.sent"]
+        assert staff_gifts == [1, 2, 3, 5, 1, 1], "staff see every gift with its combo"
+        assert all("events" not in d and "gifts" in d for d in money(viewer)), "students get the summary"
+    finally:
+        for m in (teacher, sam, viewer):
+            await m.close()
