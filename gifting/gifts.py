@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -17,6 +18,9 @@ from rooms.errors import RoomError, forbidden
 from rooms.identity import Identity
 from rooms.service import Room
 
+BOARD_SIZE = 10
+BOARD_CACHE_S = 2.0
+
 
 class GiftService:
     """Sending gifts and tips, and reading wallets."""
@@ -25,6 +29,7 @@ class GiftService:
         self.ledger = ledger
         self.policy = policy
         self.engine = engine
+        self._boards: dict[tuple[str, int | None], tuple[float, list[dict[str, Any]]]] = {}
 
     def _payee(self, sender: Identity, room: Room) -> str:
         if not sender.grants.gift:
@@ -62,6 +67,7 @@ class GiftService:
             gift.coins * count,
             room.id,
             teacher_share_bp=self.policy.teacher_share_bp,
+            payer_name=sender.name,
             body={"gift": gift.id, "count": count},
             events=[("gift.sent", event)],
         )
@@ -99,6 +105,7 @@ class GiftService:
             coins,
             room.id,
             teacher_share_bp=self.policy.teacher_share_bp,
+            payer_name=sender.name,
             body={"text": text},
             events=[("message.paid", event)],
         )
@@ -118,6 +125,7 @@ class GiftService:
             coins,
             room.id,
             teacher_share_bp=self.policy.teacher_share_bp,
+            payer_name=sender.name,
             body={"message": text},
             events=[("tip.sent", event)],
         )
@@ -197,7 +205,44 @@ class GiftService:
             totals["payments"] = int((await conn.execute(count)).scalar() or 0)
         return totals
 
-    async def set_limits(self, user: Identity, per_transfer: int | None, daily: int | None) -> dict[str, int]:
+    async def board(self, room: Room, lesson: bool) -> list[dict[str, Any]]:
+        """The room's top 10 contributors (gifts, tips, paid messages; reversed ones left out), over the
+        room's whole life or this lesson (since it went live); users who opted out are not shown."""
+        since = room.started_at if lesson and room.started_at else None
+        cache_key = (room.id, since)
+        cached = self._boards.get(cache_key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        tr, op, ws = t.transfers, t.operations, t.spending_limits
+        reversed_ = select(tr.c.reverses).where(tr.c.reverses.is_not(None)).scalar_subquery()
+        coins = func.sum(tr.c.amount).label("coins")
+        query = (
+            select(op.c.actor, func.max(op.c.actor_name).label("name"), coins)
+            .join(op, op.c.key == tr.c.op_key)
+            .outerjoin(ws, ws.c.owner == op.c.actor)
+            .where(
+                tr.c.room_id == room.id,
+                tr.c.kind.in_(("gift", "tip", "paid_message")),
+                tr.c.id.not_in(reversed_),
+                func.coalesce(ws.c.hide_on_boards, False).is_(False),
+            )
+            .group_by(op.c.actor)
+            .order_by(coins.desc(), op.c.actor)
+            .limit(BOARD_SIZE)
+        )
+        if since is not None:
+            query = query.where(tr.c.created_at >= since)
+        async with self.ledger.reads.connect() as conn:
+            rows = [
+                {"user_id": r.actor, "name": r.name or r.actor, "coins": int(r.coins)}
+                for r in await conn.execute(query)
+            ]
+        self._boards[cache_key] = (time.monotonic() + BOARD_CACHE_S, rows)
+        return rows
+
+    async def set_limits(
+        self, user: Identity, per_transfer: int | None, daily: int | None, hide_on_boards: bool = False
+    ) -> dict[str, Any]:
         """The user's own spending caps: only lower than the platform's (a value above it is refused)."""
         for value, platform, name in (
             (per_transfer, self.policy.per_transfer_cap, "per_transfer"),
@@ -206,7 +251,13 @@ class GiftService:
             if value is not None and not 1 <= value <= platform:
                 raise RoomError("bad_amount", f"{name} must be 1-{platform} coins (the platform's cap)")
         lim = t.spending_limits
-        row = {"owner": user.user_id, "per_transfer": per_transfer, "daily": daily, "updated_at": now_ms()}
+        row = {
+            "owner": user.user_id,
+            "per_transfer": per_transfer,
+            "daily": daily,
+            "hide_on_boards": hide_on_boards,
+            "updated_at": now_ms(),
+        }
         dialect = postgresql if self.ledger.db.dialect.name == "postgresql" else sqlite
         stmt = dialect.insert(lim)
         stmt = stmt.on_conflict_do_update(
@@ -219,9 +270,11 @@ class GiftService:
         )
         async with self.ledger.db.begin() as conn:
             await conn.execute(stmt, row)
+        self._boards.clear()
         return {
             "per_transfer": per_transfer or self.policy.per_transfer_cap,
             "daily": daily or self.policy.daily_cap,
+            "hide_on_boards": hide_on_boards,
         }
 
     async def reverse(self, op_key: str, reason: str, key: str, actor: str = "admin") -> dict[str, Any]:

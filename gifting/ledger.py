@@ -83,6 +83,7 @@ class Plan:
     kind: str
     body: dict[str, Any]
     actor: str
+    actor_name: str | None = None
     room_id: str | None = None
     legs: list[Leg] = field(default_factory=list)
     #: Whose spending this is (counts against their caps), if any.
@@ -553,6 +554,7 @@ class _Writes:
                 "body_hash": digest,
                 "result": json.dumps(result),
                 "actor": plan.actor,
+                "actor_name": plan.actor_name,
                 "room_id": plan.room_id,
                 "created_at": now,
             }

@@ -42,6 +42,7 @@ def payment(
     teacher_share_bp: int = TEACHER_SHARE_BP,
     body: dict[str, Any] | None = None,
     events: list[tuple[str, dict[str, Any]]] | None = None,
+    payer_name: str | None = None,
 ) -> Plan:
     """A gift, tip or paid message: the payer's wallet pays the teacher and the platform, split."""
     coins = _positive(coins)
@@ -54,6 +55,7 @@ def payment(
         kind=kind,
         body={"payer": payer, "teacher": teacher, "coins": coins, "room": room_id, **(body or {})},
         actor=payer,
+        actor_name=payer_name,
         room_id=room_id,
         legs=legs,
         spender=payer,

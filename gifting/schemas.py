@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -62,6 +62,13 @@ class LimitsIn(MoneyIn):
 
     per_transfer: Annotated[int, Field(gt=0)] | None = None
     daily: Annotated[int, Field(gt=0)] | None = None
+    hide_on_boards: bool = False
+
+
+class BoardGetIn(MoneyIn):
+    """Payload of ``board:get``: this lesson's board, or the room's over all its lessons."""
+
+    scope: Literal["lesson", "room"] = "lesson"
 
 
 class ReverseIn(MoneyIn):

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
 )
 
 metadata = MetaData()
@@ -47,6 +48,8 @@ operations = Table(
     Column("body_hash", String(64), nullable=False),
     Column("result", Text, nullable=False),
     Column("actor", String(64), nullable=False),
+    #: The actor's display name at the time (contribution boards show it).
+    Column("actor_name", String(64), nullable=True),
     Column("room_id", String(64), nullable=True),
     Column("created_at", BigInteger, nullable=False),
 )
@@ -132,6 +135,8 @@ spending_limits = Table(
     Column("owner", String(64), primary_key=True),
     Column("per_transfer", BigInteger, nullable=True),
     Column("daily", BigInteger, nullable=True),
+    #: The user's own opt-out from being shown on contribution boards.
+    Column("hide_on_boards", Boolean, nullable=False, server_default=false()),
     Column("updated_at", BigInteger, nullable=False),
 )
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gifting.gifts import GiftService
 from gifting.payments import CheckoutService
-from gifting.schemas import CheckoutIn, GiftSendIn, LimitsIn, PaidMessageIn, TipSendIn, WalletGetIn
+from gifting.schemas import BoardGetIn, CheckoutIn, GiftSendIn, LimitsIn, PaidMessageIn, TipSendIn, WalletGetIn
 from live.auth import TokenError, verify_token
 from live.config import Settings
 from live.metrics import Metrics
@@ -132,6 +132,7 @@ class SocketGateway:
             "wallet:get": (WalletGetIn, self._wallet_get, True),
             "wallet:checkout": (CheckoutIn, self._wallet_checkout, True),
             "wallet:limits": (LimitsIn, self._wallet_limits, True),
+            "board:get": (BoardGetIn, self._board_get, True),
         }
         self._known_events = set(events)
         for name, (schema, handler, needs_join) in events.items():
@@ -343,7 +344,12 @@ class SocketGateway:
         return answer
 
     async def _wallet_limits(self, session: Session, msg: LimitsIn) -> dict[str, Any]:
-        return {"limits": await self.gifts.set_limits(session.identity, msg.per_transfer, msg.daily)}
+        limits = await self.gifts.set_limits(session.identity, msg.per_transfer, msg.daily, msg.hide_on_boards)
+        return {"limits": limits}
+
+    async def _board_get(self, session: Session, msg: BoardGetIn) -> dict[str, Any]:
+        room = self._room(session.identity.room_id)
+        return {"scope": msg.scope, "entries": await self.gifts.board(room, lesson=msg.scope == "lesson")}
 
     async def _wallet_checkout(self, session: Session, msg: CheckoutIn) -> dict[str, Any]:
         return await self.checkouts.start(session.identity, msg.pack, f"{self.settings.base_url()}/room")

@@ -94,9 +94,25 @@ export function mountMoney(client, studio) {
     if (studio) $('lesson-earnings').textContent = String(lessonEarnings);
   }
 
+  let boardTimer = null;
+  async function renderBoard() {
+    boardTimer = null;
+    const answer = await client.request('board:get', {scope: 'lesson'});
+    if (!answer.ok) return;
+    $('board').replaceChildren(...answer.entries.map((e) => el('li', {textContent: `${e.name} · ${e.coins}`},
+      {testid: 'board-entry'})));
+  }
+  const boardSoon = () => { if (!boardTimer) boardTimer = setTimeout(renderBoard, 2000); };
+
   client.addEventListener('change', ({detail}) => {
-    if (detail.what === 'money') addToFeed(detail.events);
-    if (detail.what === 'reset') refresh();
+    if (detail.what === 'money') {
+      addToFeed(detail.events);
+      boardSoon();
+    }
+    if (detail.what === 'reset') {
+      refresh();
+      renderBoard();
+    }
   });
 
   if (!studio) {

@@ -58,3 +58,29 @@ async def test_combos_and_paid_message_tiers(start_app: AppFactory) -> None:
     finally:
         for m in (teacher, sam, viewer):
             await m.close()
+
+
+async def test_contribution_board_ranks_payers_and_respects_opt_out(start_app: AppFactory) -> None:
+    url, services = await start_app()
+    teacher = Member(url, token(ROOM, "teacher", Role.TEACHER))
+    payers = [Member(url, token(ROOM, f"p{i}", name=f"Payer {i}")) for i in range(3)]
+    try:
+        await joined(teacher, *payers)
+        async with aiohttp.ClientSession(headers=ADMIN_AUTH) as http:
+            for i in range(3):
+                body = {"coins": 1000, "idempotency_key": f"f{i}"}
+                async with http.post(f"{url}/api/wallets/p{i}/credit", json=body) as r:
+                    assert r.status == 201
+        for i, coins in enumerate((30, 200, 50)):
+            assert (await payers[i].call("tip:send", {"coins": coins, "key": "t"}))["ok"]
+        board = (await teacher.call("board:get", {"scope": "room"}))["entries"]
+        assert [(e["name"], e["coins"]) for e in board] == [("Payer 1", 200), ("Payer 2", 50), ("Payer 0", 30)]
+
+        assert (await payers[1].call("wallet:limits", {"hide_on_boards": True}))["limits"]["hide_on_boards"] is True
+        board = (await payers[0].call("board:get", {"scope": "room"}))["entries"]
+        assert [e["user_id"] for e in board] == ["p2", "p0"], "a user who opted out is not shown"
+        assert (await payers[0].call("board:get", {"scope": "forever"}))["error"]["code"] == "invalid"
+        assert await services.ledger.total() == 0
+    finally:
+        for m in (teacher, *payers):
+            await m.close()

@@ -53,6 +53,7 @@ def upgrade() -> None:
         sa.Column("body_hash", sa.String(64), nullable=False),
         sa.Column("result", sa.Text, nullable=False),
         sa.Column("actor", sa.String(64), nullable=False),
+        sa.Column("actor_name", sa.String(64), nullable=True),
         sa.Column("room_id", sa.String(64), nullable=True),
         sa.Column("created_at", sa.BigInteger, nullable=False),
     )
@@ -121,6 +122,7 @@ def upgrade() -> None:
         sa.Column("owner", sa.String(64), primary_key=True),
         sa.Column("per_transfer", sa.BigInteger, nullable=True),
         sa.Column("daily", sa.BigInteger, nullable=True),
+        sa.Column("hide_on_boards", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("updated_at", sa.BigInteger, nullable=False),
     )
     op.create_table(
