@@ -69,7 +69,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _loadgen
-import jwt
+from _common import mint
 from _loadgen import MemberSpec, chat_text, merge_counts, percentile
 from _servers import (
     Proc,
@@ -86,7 +86,6 @@ from _servers import (
 )
 from _sio import SioClient
 
-AUDIENCE = "live-classroom"
 SENDER_RATE = 3.0  # msgs/s per teacher identity, under the staff limit of 100 per 30 s
 P99_LIMIT_MS = 100.0
 KEEP_UP = 0.95  # deliveries inside the send window / offered, below which a step has fallen behind
@@ -96,13 +95,6 @@ NOISY_CPU = 0.25  # cores used by processes outside the benchmark above which a 
 
 TEACHER_GRANTS = {"publish": True, "chat": True, "ask": True, "gift": False, "buy": False, "room_admin": True}
 STUDENT_GRANTS = {"publish": False, "chat": True, "ask": True, "gift": True, "buy": True, "room_admin": False}
-
-
-def mint(secret: str, room: str, sub: str, role: str, grants: dict[str, bool]) -> str:
-    now = int(time.time())
-    claims = {"sub": sub, "name": sub, "room": room, "role": role, "grants": grants,
-              "aud": AUDIENCE, "iat": now, "exp": now + 6 * 3600}
-    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 # --------------------------------------------------------------------------- servers under test

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import base64
 import json
-import math
 import multiprocessing as mp
 import secrets
 import sys
@@ -30,33 +29,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
-import jwt
+from _common import STUDENT, TEACHER, mint, percentile
 from _servers import create_pg_database, drop_pg_database, log, start_live_instances, tree_cpu_seconds, wait_ready
 from _sio import SioClient
 
 from live.config import normalize_database_url
 
-AUDIENCE = "live-classroom"
 ROOM = "gift-bench"
 TICK_S = 0.005
 GENERATORS = 2
 PRICE = 1  # the "heart" gift
-STUDENT = {"publish": False, "chat": True, "ask": True, "gift": True, "buy": True, "room_admin": False}
-TEACHER = {"publish": True, "chat": True, "ask": True, "gift": False, "buy": False, "room_admin": True}
-
-
-def mint(secret: str, sub: str, role: str, grants: dict[str, bool]) -> str:
-    now = int(time.time())
-    claims = {"sub": sub, "name": sub, "room": ROOM, "role": role, "grants": grants,
-              "aud": AUDIENCE, "iat": now, "exp": now + 6 * 3600}
-    return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
 # --------------------------------------------------------------------------- generator process
@@ -165,7 +147,7 @@ async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         await wait_ready(f"http://127.0.0.1:{port}/readyz", [proc], 60)
 
         teacher = SioClient(None, transport="raw")
-        await teacher.connect("127.0.0.1", port, mint(secret, "teacher", "teacher", TEACHER))
+        await teacher.connect("127.0.0.1", port, mint(secret, ROOM, "teacher", "teacher", TEACHER))
         assert (await teacher.call("join", {}))["ok"]  # the first teacher to open the room receives its gifts
         auth = {"Authorization": "Basic " + base64.b64encode(f"bench:{api_secret}".encode()).decode()}
         coins = int(args.rate * args.duration * 2 / args.students) + 100
@@ -181,7 +163,7 @@ async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         ctx = mp.get_context("spawn")
         gens = []
         for g in range(GENERATORS):
-            tokens = [mint(secret, f"s{i}", "student", STUDENT) for i in range(g, args.students, GENERATORS)]
+            tokens = [mint(secret, ROOM, f"s{i}", "student", STUDENT) for i in range(g, args.students, GENERATORS)]
             parent, child = ctx.Pipe()
             p = ctx.Process(target=generator_main, daemon=True,
                             args=(child, port, tokens, args.rate / GENERATORS, args.duration))

@@ -19,7 +19,6 @@ import asyncio
 import base64
 import bisect
 import json
-import math
 import multiprocessing as mp
 import secrets
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
-import jwt
+from _common import STUDENT, TEACHER, mint, percentile
 from _servers import (
     create_pg_database,
     drop_pg_database,
@@ -45,26 +44,9 @@ from _servers import (
 )
 from _sio import SioClient
 
-AUDIENCE = "live-classroom"
 ROOM = "qa-bench"
 INSTANCES = 2
 TICK_S = 0.005
-STUDENT = {"publish": False, "chat": True, "ask": True, "gift": True, "buy": True, "room_admin": False}
-TEACHER = {"publish": True, "chat": True, "ask": True, "gift": False, "buy": False, "room_admin": True}
-
-
-def mint(secret: str, sub: str, role: str, grants: dict[str, bool]) -> str:
-    now = int(time.time())
-    claims = {"sub": sub, "name": sub, "room": ROOM, "role": role, "grants": grants,
-              "aud": AUDIENCE, "iat": now, "exp": now + 6 * 3600}
-    return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
 # --------------------------------------------------------------------------- generator process
@@ -198,7 +180,7 @@ def generator_main(conn: Connection, port: int, tokens: list[str], questions: li
 
 async def snapshot_counts(port: int, secret: str, who: str) -> dict[str, int]:
     client = SioClient(None, transport="raw")
-    await client.connect("127.0.0.1", port, mint(secret, who, "assistant", TEACHER))
+    await client.connect("127.0.0.1", port, mint(secret, ROOM, who, "assistant", TEACHER))
     answer = await client.call("join", {})
     await client.close()
     return {q["id"]: q["votes"] for q in answer["qa"]["questions"]}
@@ -232,7 +214,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                for p in ports))
 
         teacher = SioClient(None, transport="raw")
-        await teacher.connect("127.0.0.1", ports[0], mint(secret, "teacher", "teacher", TEACHER))
+        await teacher.connect("127.0.0.1", ports[0], mint(secret, ROOM, "teacher", "teacher", TEACHER))
         assert (await teacher.call("join", {}))["ok"]
         questions = []
         for i in range(args.questions):
@@ -244,7 +226,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ctx = mp.get_context("spawn")
         gens = []
         for g in range(INSTANCES):
-            tokens = [mint(secret, f"v{i}", "student", STUDENT) for i in range(g, args.voters, INSTANCES)]
+            tokens = [mint(secret, ROOM, f"v{i}", "student", STUDENT) for i in range(g, args.voters, INSTANCES)]
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=generator_main, args=(child, ports[g], tokens, questions), daemon=True)
             proc.start()

@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from gifting import accounts as acct
 from gifting import operations as ops
 from gifting import tables as t
-from gifting.ledger import Ledger
+from gifting.ledger import Ledger, Outcome
 from gifting.policy import GiftPolicy
 from rooms.engine import Engine, now_ms
 from rooms.errors import RoomError, forbidden
@@ -19,6 +19,8 @@ from rooms.identity import Identity
 from rooms.service import Room
 
 BOARD_SIZE = 10
+#: The room event that announces each kind of payment.
+EVENTS = {"gift": "gift.sent", "tip": "tip.sent", "paid_message": "message.paid"}
 BOARD_CACHE_S = 2.0
 
 
@@ -59,20 +61,8 @@ class GiftService:
             "count": count,
             "combo": combo,
         }
-        plan = ops.payment(
-            f"gift:{sender.user_id}:{key}",
-            "gift",
-            sender.user_id,
-            teacher,
-            gift.coins * count,
-            room.id,
-            teacher_share_bp=self.policy.teacher_share_bp,
-            payer_name=sender.name,
-            body={"gift": gift.id, "count": count},
-            events=[("gift.sent", event)],
-        )
         try:
-            outcome = await self.ledger.submit(plan)
+            outcome = await self._pay(sender, teacher, room, "gift", key, gift.coins * count, event, gift=gift.id)
         except BaseException:
             await self.engine.streak(streak_key, -count, self.policy.combo_window_ms)
             raise
@@ -97,19 +87,7 @@ class GiftService:
             "text": text,
             "tier": {"level": tier.level, "colour": tier.colour, "pin_s": tier.pin_s},
         }
-        plan = ops.payment(
-            f"msg:{sender.user_id}:{key}",
-            "paid_message",
-            sender.user_id,
-            teacher,
-            coins,
-            room.id,
-            teacher_share_bp=self.policy.teacher_share_bp,
-            payer_name=sender.name,
-            body={"text": text},
-            events=[("message.paid", event)],
-        )
-        outcome = await self.ledger.submit(plan)
+        outcome = await self._pay(sender, teacher, room, "paid_message", key, coins, event, text=text)
         return {**outcome.result, "tier": event["tier"], "replayed": outcome.replayed}
 
     async def send_tip(self, sender: Identity, room: Room, coins: int, key: str, message: str | None) -> dict[str, Any]:
@@ -117,20 +95,35 @@ class GiftService:
         teacher = self._payee(sender, room)
         text = (message or "").strip() or None
         event: dict[str, Any] = {"from": {"user_id": sender.user_id, "name": sender.name}, "message": text}
+        outcome = await self._pay(sender, teacher, room, "tip", key, coins, event, message=text)
+        return {**outcome.result, "replayed": outcome.replayed}
+
+    async def _pay(
+        self,
+        sender: Identity,
+        teacher: str,
+        room: Room,
+        kind: str,
+        key: str,
+        coins: int,
+        event: dict[str, Any],
+        **body: Any,
+    ) -> Outcome:
+        """One payment to the teacher and the platform, announced to the room as ``EVENTS[kind]``;
+        ``body`` (with the amount) is what the idempotency key must always come with."""
         plan = ops.payment(
-            f"tip:{sender.user_id}:{key}",
-            "tip",
+            f"{kind}:{sender.user_id}:{key}",
+            kind,
             sender.user_id,
             teacher,
             coins,
             room.id,
             teacher_share_bp=self.policy.teacher_share_bp,
             payer_name=sender.name,
-            body={"message": text},
-            events=[("tip.sent", event)],
+            body=body,
+            events=[(EVENTS[kind], event)],
         )
-        outcome = await self.ledger.submit(plan)
-        return {**outcome.result, "replayed": outcome.replayed}
+        return await self.ledger.submit(plan)
 
     # paid questions (rooms.qa.QuestionPayments)
     async def hold(self, asker: Identity, room: Room, question_id: str, coins: int) -> None:
