@@ -43,7 +43,7 @@ from rooms.errors import RoomError
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 500
-ANNOUNCE_EVERY_S = 0.05
+ANNOUNCE_EVERY_S = 0.1
 HIGHLIGHTS = 20
 _OUTBOX_IDS = itertools.count()
 RETRIES = 5
@@ -411,9 +411,9 @@ class Ledger:
 
     # outbox
     async def _announce(self) -> None:
-        """Publish this writer's committed outbox rows: per room, everything committed in the last
-        ``ANNOUNCE_EVERY_S`` goes as one ``money`` room event (thousands of gifts a second would
-        otherwise be thousands of deliveries per member), then the rows are marked published."""
+        """Publish this writer's committed outbox rows (one per batch and room): per room, everything
+        committed in the last ``ANNOUNCE_EVERY_S`` goes as one ``money`` room event (thousands of gifts a
+        second would otherwise be thousands of deliveries per member); then the rows are marked published."""
         assert self.publisher is not None
         try:
             while self._unpublished:
@@ -424,7 +424,7 @@ class Ledger:
                     by_room.setdefault(row["room_id"], []).append(row)
                 done: list[str] = []
                 for room_id, room_rows in by_room.items():
-                    events = [{"type": r["type"], "data": r["data"]} for r in room_rows]
+                    events = [e for r in room_rows for e in r["events"]]
                     try:
                         await self.publisher(room_id, "money", money_event(events))
                     except Exception:
@@ -466,9 +466,7 @@ class Ledger:
             if claimed.rowcount != 1:
                 continue
             try:
-                await self.publisher(
-                    row.room_id, "money", money_event([{"type": row.type, "data": json.loads(row.data)}])
-                )
+                await self.publisher(row.room_id, "money", money_event(json.loads(row.data)))
                 sent += 1
             except Exception:
                 log.exception("outbox row %s not published; will retry", row.id)
@@ -536,7 +534,9 @@ class _Writes:
     id_prefix = secrets.token_hex(6) + "-"
 
     def __init__(self) -> None:
-        self.announce: list[dict[str, Any]] = []  # the outbox rows as events, for publishing after commit
+        #: Room events of the batch, by room: one outbox row per room, announced after commit.
+        self.events: dict[str, list[dict[str, Any]]] = {}
+        self.announce: list[dict[str, Any]] = []
         self.operations: list[dict[str, Any]] = []
         self.transfers: list[dict[str, Any]] = []
         self.deltas: dict[str, int] = {}
@@ -577,20 +577,8 @@ class _Writes:
         if plan.hold_open:
             self.holds.append({**plan.hold_open, "op_key": plan.key, "status": "held", "created_at": now})
         if plan.room_id:
-            for type_, data in plan.events:
-                event = {**data, **result}
-                self.outbox.append(
-                    {
-                        "id": f"{self.id_prefix}{next(_OUTBOX_IDS)}",
-                        "room_id": plan.room_id,
-                        "type": type_,
-                        "data": json.dumps(event),
-                        "created_at": now,
-                    }
-                )
-                self.announce.append(
-                    {"id": self.outbox[-1]["id"], "room_id": plan.room_id, "type": type_, "data": event}
-                )
+            events = self.events.setdefault(plan.room_id, [])
+            events.extend({"type": type_, "data": {**data, **result}} for type_, data in plan.events)
         if plan.reason is not None:
             self.audit.append(
                 {
@@ -639,6 +627,13 @@ class _Writes:
                 index_elements=["owner", "day"], set_={"spent": t.daily_spend.c.spent + stmt.excluded.spent}
             )
             await conn.execute(stmt, [{"owner": o, "day": day, "spent": s} for o, s in self.spent.items()])
+        for room_id, events in self.events.items():
+            if events:
+                row_id = f"{self.id_prefix}{next(_OUTBOX_IDS)}"
+                self.outbox.append(
+                    {"id": row_id, "room_id": room_id, "type": "money", "data": json.dumps(events), "created_at": now}
+                )
+                self.announce.append({"id": row_id, "room_id": room_id, "events": events})
         if self.outbox:
             await conn.execute(insert(t.outbox), self.outbox)
         if self.audit:
