@@ -147,6 +147,12 @@ async def test_every_admin_route_needs_credentials_and_reads_reject_bad_input(ap
         ("POST", "/api/rooms/known/tokens"),
         ("PATCH", "/api/rooms/known"),
         ("GET", "/api/rooms/known/questions"),
+        ("GET", "/api/rooms/known/money"),
+        ("POST", "/api/wallets/ana/credit"),
+        ("GET", "/api/wallets/ana"),
+        ("GET", "/api/wallets/ana/statement"),
+        ("GET", "/api/ledger/transfers"),
+        ("POST", "/api/ledger/operations/k/reverse"),
     ]
     async with aiohttp.ClientSession() as http:
         for method, path in routes:
@@ -178,3 +184,33 @@ async def test_room_settings_and_question_export_reject_bad_input(api: tuple[str
             assert r.status == 200 and (await r.json())["qa_ask_interval_s"] == 0
     room = await services.rooms.require("known")
     assert (room.qa_auto_approve, room.qa_ask_interval_s, room.title) == (False, 0, "Known")
+
+
+async def test_money_routes_reject_bad_input_and_change_nothing(api: tuple[str, Services]) -> None:
+    url, services = api
+    await services.rooms.create("Known", room_id="known")
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        bad_gets = [
+            ("/api/wallets/ana/statement", {"account": "savings"}),
+            ("/api/wallets/ana/statement", {"limit": "lots"}),
+            ("/api/wallets/ana/statement", {"limit": "0"}),
+            ("/api/ledger/transfers", {"format": "xml"}),
+            ("/api/ledger/transfers", {"since": "-1"}),
+            ("/api/wallets/bad%20user", {}),
+        ]
+        for path, params in bad_gets:
+            async with http.get(f"{url}{path}", params=params) as r:
+                assert r.status == 400 and (await r.json())["error"]["code"] == "invalid", (path, params)
+        for body in ({"coins": 0, "idempotency_key": "k"}, {"coins": "5", "idempotency_key": "k"}, {"coins": 5}, []):
+            async with http.post(f"{url}/api/wallets/ana/credit", json=body) as r:
+                assert r.status == 400, body
+        async with http.post(
+            f"{url}/api/ledger/operations/nope/reverse", json={"reason": "x", "idempotency_key": "r"}
+        ) as r:
+            assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+        async with http.get(f"{url}/api/rooms/missing/money") as r:
+            assert r.status == 404
+    async with aiohttp.ClientSession() as http, http.post(f"{url}/api/payments/paypal/webhook", data=b"{}") as r:
+        assert r.status == 404
+    assert await services.ledger.total() == 0
+    assert (await services.gifts.wallet("ana"))["balance"] == 0
