@@ -190,9 +190,12 @@ class Ledger:
                     continue
                 if raise_errors:
                     raise
+                error: Exception = exc
+                if isinstance(exc, IntegrityError):
+                    error = RoomError("conflict", "this conflicts with what the ledger holds; nothing was written")
                 for p in batch:
                     if not p.future.done():
-                        p.future.set_exception(exc)
+                        p.future.set_exception(error)
                 return
         for p, outcome in zip(batch, outcomes, strict=True):
             if p.future.done():

@@ -223,3 +223,28 @@ def test_ledger_state_machine(database_url: str) -> None:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
     runner().runTest()
+
+
+async def test_a_batch_that_fails_in_the_database_is_applied_one_by_one(tmp_path: Path) -> None:
+    """Two holds with the same id in one batch pass the checks but not the database's primary key: the
+    batch is retried operation by operation, so only the one at fault is refused (``conflict``)."""
+    url = normalize_database_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+    await migrate(url)
+    db = create_engine(url)
+    ledger = Ledger(db, Caps())
+    try:
+        await ledger.submit(ops.topup("fund", "ana", 100, "sandbox", actor="host"))
+        expires = now_ms() + 60_000
+        first, second, gift = await asyncio.gather(
+            ledger.submit(ops.hold("h-a", "same-hold", "ana", 30, expires, "room-1", "q")),
+            ledger.submit(ops.hold("h-b", "same-hold", "ana", 20, expires, "room-1", "q")),
+            ledger.submit(ops.payment("g", "gift", "ana", TEACHER, 10, "room-1")),
+            return_exceptions=True,
+        )
+        assert not isinstance(first, BaseException) and not isinstance(gift, BaseException)
+        assert isinstance(second, RoomError) and second.code == "conflict"
+        assert await ledger.balance(acct.wallet("ana")) == 60
+        assert await ledger.balance(acct.held("ana")) == 30
+        assert await ledger.total() == 0
+    finally:
+        await db.dispose()
