@@ -139,6 +139,15 @@ class Ledger:
         self._announcer: asyncio.Task[None] | None = None
         self._is_pg = db.dialect.name == "postgresql"
 
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Let the operations already submitted commit and their events go out (shutdown)."""
+        # The writer first: its last batch may start the announcer.
+        for attribute in ("_writer", "_announcer"):
+            task = getattr(self, attribute)
+            if task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(task), timeout_s)
+
     # submitting
     async def submit(self, plan: Plan) -> Outcome:
         """Apply ``plan`` (with the operations submitted around the same time, in one transaction);

@@ -171,6 +171,7 @@ def create_app(settings: Settings) -> web.Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
             await qa.close()
+            await ledger.close()
             await transcript.close()
             await qa_recorder.close()
             await engine.close()
