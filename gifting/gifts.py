@@ -11,7 +11,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from gifting import accounts as acct
 from gifting import operations as ops
 from gifting import tables as t
-from gifting.ledger import Ledger, Outcome
+from gifting.ledger import Ledger
+from gifting.plans import Outcome
 from gifting.policy import GiftPolicy
 from rooms.engine import Engine, now_ms
 from rooms.errors import RoomError, forbidden

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gifting import accounts as acct
-from gifting.ledger import Leg, Plan
+from gifting.plans import Leg, Plan
 from rooms.errors import RoomError
 
 #: Default share of a gift or tip that goes to the teacher, in basis points (the rest to the platform).

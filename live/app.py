@@ -15,8 +15,9 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gifting.gifts import GiftService
-from gifting.ledger import Caps, Ledger
+from gifting.ledger import Ledger
 from gifting.payments import CheckoutService, PaymentProvider, SandboxProvider, StripeProvider
+from gifting.plans import Caps
 from gifting.reports import Reports
 from live.admin_api import AdminApi
 from live.config import Settings

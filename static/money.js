@@ -75,6 +75,17 @@ export function mountMoney(client, studio) {
     pinMessage.timer = setTimeout(() => { box.hidden = true; }, event.data.tier.pin_s * 1000);
   }
 
+  // A tier 2 or 3 gift crosses the panel (tier 3 larger); at most a few at once.
+  function animate(event) {
+    const stage = $('gift-stage');
+    if (stage.children.length >= 3) return;
+    const d = event.data;
+    const burst = el('div', {className: `gift-burst tier-${d.gift.tier}`, textContent: `${d.gift.name} ×${d.combo || d.count}`},
+      {testid: 'gift-burst'});
+    stage.append(burst);
+    burst.addEventListener('animationend', () => burst.remove());
+  }
+
   function addToFeed(events) {
     const list = $('money-feed');
     for (const event of events) {
@@ -87,6 +98,7 @@ export function mountMoney(client, studio) {
       } else if (event.data.gift && event.data.gift.tier >= 2) {
         li.classList.add('big');
         setTimeout(() => li.classList.remove('big'), 3000);
+        animate(event);
       }
       if (studio && event.data.teacher_coins) lessonEarnings += event.data.teacher_coins;
     }

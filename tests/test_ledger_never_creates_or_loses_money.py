@@ -20,7 +20,8 @@ from sqlalchemy import func, select
 from gifting import accounts as acct
 from gifting import operations as ops
 from gifting import tables as t
-from gifting.ledger import Caps, Ledger, Plan
+from gifting.ledger import Ledger
+from gifting.plans import Caps, Plan
 from live.config import normalize_database_url
 from live.db import create_engine, migrate
 from rooms.engine import now_ms

@@ -1,0 +1,65 @@
+"""The ledger's data types: an operation to apply (:class:`Plan`) and what applying it returned."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One transfer of an operation."""
+
+    debit: str
+    credit: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Spending limits of a wallet, in coins: per operation and per UTC day (``None``: no limit)."""
+
+    per_transfer: int | None = None
+    daily: int | None = None
+
+
+@dataclass
+class Plan:
+    """An operation to apply. Exactly one of ``legs``, ``hold_close`` or ``reverse_of`` says what moves:
+
+    - ``legs``: these transfers (``hold_open`` also records a hold over them);
+    - ``hold_close``: (hold id, captured | voided | expired, where a capture goes as (account, weight));
+    - ``reverse_of``: the idempotency key of an operation whose transfers are all reversed.
+    """
+
+    key: str
+    kind: str
+    body: dict[str, Any]
+    actor: str
+    actor_name: str | None = None
+    room_id: str | None = None
+    legs: list[Leg] = field(default_factory=list)
+    #: Whose spending this is (counts against their caps), if any.
+    spender: str | None = None
+    hold_open: dict[str, Any] | None = None
+    hold_close: tuple[str, str, list[tuple[str, int]]] | None = None
+    reverse_of: str | None = None
+    reason: str | None = None
+    #: Room events announcing the operation; ``{op}`` in a value is replaced by the result.
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    #: Returned to the caller (and on replays), with the transfers' ids and the time.
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def body_hash(self) -> str:
+        canonical = json.dumps({"kind": self.kind, **self.body}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass
+class Outcome:
+    """What :meth:`Ledger.submit` returns: the operation's result, and whether it was a replay."""
+
+    result: dict[str, Any]
+    replayed: bool = False
