@@ -82,6 +82,7 @@ def payment_provider(settings: Settings) -> PaymentProvider:
     """The sandbox (local checkout page) unless ``LIVE_PAYMENT_PROVIDER=stripe``."""
     if settings.payment_provider == "stripe":
         return StripeProvider(settings.stripe_api_key, settings.stripe_webhook_secret)
+    log.warning("payments: sandbox provider: coins are free (set LIVE_PAYMENT_PROVIDER=stripe in production)")
     return SandboxProvider(settings.sandbox_secret)
 
 
