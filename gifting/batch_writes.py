@@ -69,7 +69,9 @@ class BatchWrites:
             self.holds.append({**plan.hold_open, "op_key": plan.key, "status": "held", "created_at": now})
         if plan.room_id:
             events = self.events.setdefault(plan.room_id, [])
-            events.extend({"type": type_, "data": {**data, **result}} for type_, data in plan.events)
+            # The payer's balance is in their own ack, never in what the room sees.
+            shown = {k: v for k, v in result.items() if k != "balance"}
+            events.extend({"type": type_, "data": {**data, **shown}} for type_, data in plan.events)
         if plan.reason is not None:
             self.audit.append(
                 {

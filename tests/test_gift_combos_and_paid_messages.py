@@ -55,6 +55,8 @@ async def test_combos_and_paid_message_tiers(start_app: AppFactory) -> None:
         staff_gifts = [e["data"]["combo"] for d in money(teacher) for e in d["events"] if e["type"] == "gift.sent"]
         assert staff_gifts == [1, 2, 3, 5, 1, 1], "staff see every gift with its combo"
         assert all("events" not in d and "gifts" in d for d in money(viewer)), "students get the summary"
+        every = [e for d in money(teacher) + money(viewer) for e in d.get("events", d.get("highlights", []))]
+        assert every and all("balance" not in e["data"] for e in every), "no one sees a payer's balance"
     finally:
         for m in (teacher, sam, viewer):
             await m.close()
