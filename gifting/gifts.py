@@ -174,11 +174,9 @@ class GiftService:
 
     async def wallet(self, user_id: str) -> dict[str, int]:
         """The user's spendable coins, coins held for paid questions, and earnings (teachers)."""
-        return {
-            "balance": await self.ledger.balance(acct.wallet(user_id)),
-            "held": await self.ledger.balance(acct.held(user_id)),
-            "earnings": await self.ledger.balance(acct.earnings(user_id)),
-        }
+        names = {"balance": acct.wallet(user_id), "held": acct.held(user_id), "earnings": acct.earnings(user_id)}
+        balances = await self.ledger.balances(list(names.values()))
+        return {name: balances.get(account_id, 0) for name, account_id in names.items()}
 
     async def room_totals(self, room_id: str) -> dict[str, int]:
         """Coins paid in the room: by gifts and tips, and what went to the teacher and the platform."""

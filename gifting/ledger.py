@@ -38,6 +38,7 @@ from gifting.batch_writes import BatchWrites
 from gifting.plans import Caps, Leg, Outcome, Plan
 from rooms.engine import now_ms
 from rooms.errors import RoomError
+from rooms.tables import autocommit
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class Ledger:
 
     def __init__(self, db: AsyncEngine, caps: Caps, publisher: Publisher | None = None) -> None:
         self.db = db
-        self.reads = db.execution_options(isolation_level="AUTOCOMMIT")
+        self.reads = autocommit(db)
         self.caps = caps
         self.publisher = publisher
         self._queue: list[_Pending] = []
@@ -428,10 +429,15 @@ class Ledger:
         return sent
 
     # reads
-    async def balance(self, account_id: str) -> int:
+    async def balances(self, account_ids: list[str]) -> dict[str, int]:
+        """The balances of the accounts that exist among ``account_ids``, in one read."""
+        a = t.accounts
         async with self.reads.connect() as conn:
-            value = (await conn.execute(select(t.accounts.c.balance).where(t.accounts.c.id == account_id))).scalar()
-        return int(value or 0)
+            rows = await conn.execute(select(a.c.id, a.c.balance).where(a.c.id.in_(account_ids)))
+            return {r.id: int(r.balance) for r in rows}
+
+    async def balance(self, account_id: str) -> int:
+        return (await self.balances([account_id])).get(account_id, 0)
 
     async def total(self) -> int:
         """The sum over all accounts: zero, always."""

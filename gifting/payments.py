@@ -29,6 +29,7 @@ from gifting.policy import CoinPack
 from rooms.engine import now_ms
 from rooms.errors import RoomError, forbidden
 from rooms.identity import Identity
+from rooms.tables import autocommit
 
 TOLERANCE_S = 300
 COMPLETED = "checkout.session.completed"
@@ -162,7 +163,7 @@ class CheckoutService:
 
     def __init__(self, db: AsyncEngine, ledger: Ledger, provider: PaymentProvider, packs: tuple[CoinPack, ...]) -> None:
         self.db = db
-        self.reads = db.execution_options(isolation_level="AUTOCOMMIT")
+        self.reads = autocommit(db)
         self.ledger = ledger
         self.provider = provider
         self.packs = packs

@@ -8,6 +8,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gifting import tables as t
+from rooms.tables import autocommit
 
 EXPORT_COLUMNS = ("id", "op_key", "kind", "debit", "credit", "amount", "room_id", "reverses", "created_at")
 
@@ -16,7 +17,7 @@ class Reports:
     """Statements and exports, from the ledger's transfers."""
 
     def __init__(self, db: AsyncEngine) -> None:
-        self.reads = db.execution_options(isolation_level="AUTOCOMMIT")
+        self.reads = autocommit(db)
 
     async def statement(self, account_id: str, limit: int = 100, before: int | None = None) -> dict[str, Any]:
         """The account's balance and its newest transfers (``amount`` signed: + in, - out), newest first;

@@ -210,9 +210,8 @@ class AdminApi:
 
     async def end_room(self, request: web.Request) -> web.Response:
         self._authorize(request)
-        room = await self.rooms.require(request.match_info["id"])
-        await self.gifts.release_room(room.id)  # paid questions left unanswered: coins go back
-        return web.json_response((await self.rooms.end(room.id)).to_dict())
+        room = await self.rooms.end(request.match_info["id"])
+        return web.json_response(room.to_dict())
 
     async def mint(self, request: web.Request) -> web.Response:
         self._authorize(request)

@@ -135,6 +135,7 @@ def create_app(settings: Settings) -> web.Application:
     ledger = Ledger(db, caps, publisher=publish)
     gifts = GiftService(ledger, settings.gifts, engine)
     qa.payments = gifts
+    rooms.ending_hooks.append(gifts.release_room)  # paid questions left unanswered: coins go back
     checkouts = CheckoutService(db, ledger, payment_provider(settings), settings.gifts.packs)
     gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics)
     services = Services(

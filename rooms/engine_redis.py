@@ -38,16 +38,28 @@ from rooms.engine import (
 
 log = logging.getLogger(__name__)
 
-PUBLISH_LUA = """
-if redis.call('hsetnx', KEYS[2], 'e', ARGV[5]) == 1 then redis.call('del', KEYS[1]) end
-local epoch = redis.call('hget', KEYS[2], 'e')
-local offset = redis.call('hincrby', KEYS[2], 's', 1)
-redis.call('xadd', KEYS[1], 'MAXLEN', '~', ARGV[2], offset .. '-0', 'd', ARGV[1])
-redis.call('expire', KEYS[1], ARGV[3])
-redis.call('expire', KEYS[2], ARGV[3])
-redis.call('publish', ARGV[4], '{"o":' .. offset .. ',"e":"' .. epoch .. '","p":' .. ARGV[1] .. '}')
-return {offset, epoch}
+#: The one place that numbers a room event: append ``body`` to the room's stream under the next offset
+#: (a new epoch if the stream was lost) and publish it. Other scripts that publish (rooms/qa_store_redis.py)
+#: include this function, so a change and its event are one atomic step.
+APPEND_LUA = """
+local function append(stream, meta, channel, maxlen, ttl, new_epoch, body)
+  if redis.call('hsetnx', meta, 'e', new_epoch) == 1 then redis.call('del', stream) end
+  local epoch = redis.call('hget', meta, 'e')
+  local offset = redis.call('hincrby', meta, 's', 1)
+  redis.call('xadd', stream, 'MAXLEN', '~', maxlen, offset .. '-0', 'd', body)
+  redis.call('expire', stream, ttl)
+  redis.call('expire', meta, ttl)
+  redis.call('publish', channel, '{"o":' .. offset .. ',"e":"' .. epoch .. '","p":' .. body .. '}')
+  return {offset, epoch}
+end
 """
+
+PUBLISH_LUA = (
+    APPEND_LUA
+    + """
+return append(KEYS[1], KEYS[2], ARGV[4], ARGV[2], ARGV[3], ARGV[5], ARGV[1])
+"""
+)
 
 # Returns {epoch, top, mode, entries}; mode 1 = entries after `since`, 0 = the newest `limit` entries.
 HISTORY_LUA = """

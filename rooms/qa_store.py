@@ -104,9 +104,14 @@ def state_error(state: str, action: str) -> RoomError:
     return RoomError("invalid_state", f"cannot {action} a {state} question", state=state)
 
 
+def question_not_found() -> RoomError:
+    return RoomError("not_found", "no such question in this room")
+
+
 def vote_error(status: str, state: str | None) -> RoomError:
+    """The refusal for a vote script's status (``not_found``, ``own`` or ``closed``)."""
     if status == "not_found":
-        return RoomError("not_found", "no such question in this room")
+        return question_not_found()
     if status == "own":
         return RoomError("own_question", "you cannot vote on your own question")
     return RoomError("invalid_state", f"cannot vote on a {state} question", state=state)
@@ -191,7 +196,7 @@ class MemoryQaStore(QaStore):
         room = self._room(room_id)
         current = room.questions.get(question_id)
         if current is None:
-            raise vote_error("not_found", None)
+            raise question_not_found()
         if QuestionState(current["state"]) not in move.allowed_from:
             raise state_error(current["state"], move.action)
         to = move.to
@@ -213,7 +218,7 @@ class MemoryQaStore(QaStore):
         if question_id is not None:
             current = room.questions.get(question_id)
             if current is None:
-                raise vote_error("not_found", None)
+                raise question_not_found()
             if not QuestionState(current["state"]).visible:
                 raise state_error(current["state"], "pin")
         room.pin = question_id
@@ -223,7 +228,7 @@ class MemoryQaStore(QaStore):
         room = self._room(room_id)
         current = room.questions.get(question_id)
         if current is None:
-            raise vote_error("not_found", None)
+            raise question_not_found()
         if not QuestionState(current["state"]).visible:
             raise vote_error("closed", current["state"])
         if current["author"]["user_id"] == user_id:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rooms.engine import EngineUnavailable, Publication, StreamPosition
-from rooms.engine_redis import UNAVAILABLE_ERRORS, RedisEngine
+from rooms.engine_redis import APPEND_LUA, UNAVAILABLE_ERRORS, RedisEngine
 from rooms.qa_store import (
     Change,
     Flush,
@@ -29,25 +29,22 @@ from rooms.qa_store import (
     Restore,
     Transition,
     VoteResult,
+    question_not_found,
     state_error,
     vote_error,
 )
 
 # KEYS: 1 stream, 2 stream meta, 3 qa:q, 4 qa:st, 5 qa:v, 6 qa:n, 7 qa:d, 8 qa:m
 # ARGV: 1 channel, 2 history size, 3 TTL, 4 a new epoch (used if the stream has none), then the call's own.
-PRELUDE = """
+PRELUDE = (
+    APPEND_LUA
+    + """
 local function publish(type, data)
-  if redis.call('hsetnx', KEYS[2], 'e', ARGV[4]) == 1 then redis.call('del', KEYS[1]) end
-  local epoch = redis.call('hget', KEYS[2], 'e')
-  local offset = redis.call('hincrby', KEYS[2], 's', 1)
   local t = redis.call('time')
   local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local body = cjson.encode({t = type, d = data, ts = ts})
-  redis.call('xadd', KEYS[1], 'MAXLEN', '~', ARGV[2], offset .. '-0', 'd', body)
-  redis.call('expire', KEYS[1], ARGV[3])
-  redis.call('expire', KEYS[2], ARGV[3])
-  redis.call('publish', ARGV[1], '{"o":' .. offset .. ',"e":"' .. epoch .. '","p":' .. body .. '}')
-  return {offset, epoch, body}
+  local r = append(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], body)
+  return {r[1], r[2], body}
 end
 local function touch()
   for i = 3, 8 do redis.call('expire', KEYS[i], ARGV[3]) end
@@ -59,6 +56,7 @@ local function loaded()
   return redis.call('hget', KEYS[8], 'loaded') == '1'
 end
 """
+)
 
 ASK_LUA = (
     PRELUDE
@@ -274,7 +272,7 @@ class RedisQaStore(QaStore):
         patch_json = json.dumps(patch, separators=(",", ":")) if patch else "{}"
         result = await self._run(self._change, room_id, question_id, allowed, move.to.value, patch_json, now)
         if result[0] == "not_found":
-            raise vote_error("not_found", None)
+            raise question_not_found()
         if result[0] == "bad_state":
             raise state_error(result[1], move.action)
         pub = self._publication(room_id, result)
@@ -285,7 +283,7 @@ class RedisQaStore(QaStore):
         if result[0] == "same":
             return None
         if result[0] == "not_found":
-            raise vote_error("not_found", None)
+            raise question_not_found()
         if result[0] == "bad_state":
             raise state_error(result[1], "pin")
         return self._publication(room_id, result)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -73,6 +74,8 @@ class RoomService:
         self.db = db
         self.reads = tables.autocommit(db)
         self.engine = engine
+        #: Called with the room id when a lesson ends (gifting/ gives back coins still held for it).
+        self.ending_hooks: list[Callable[[str], Awaitable[object]]] = []
 
     async def create(
         self,
@@ -167,8 +170,14 @@ class RoomService:
         return await self._transition(room_id, RoomStatus.LIVE)
 
     async def end(self, room_id: str, actor: Identity | None = None) -> Room:
-        """End the lesson: every connection in the room, on every instance, is closed."""
+        """End the lesson: the ending hooks run, then every connection in the room, on every instance,
+        is closed."""
         _require_staff(actor, "ending the lesson")
+        room = await self.require(room_id)
+        if room.status is not RoomStatus.ENDED:
+            # Before the end is announced: it closes every connection, the one asking included.
+            for hook in self.ending_hooks:
+                await hook(room_id)
         return await self._transition(room_id, RoomStatus.ENDED)
 
     async def _transition(self, room_id: str, status: RoomStatus) -> Room:

@@ -169,7 +169,14 @@ async def test_room_settings_and_question_export_reject_bad_input(api: tuple[str
     url, services = api
     await services.rooms.create("Known", room_id="known")
     async with aiohttp.ClientSession(headers=AUTH) as http:
-        for body in ({"qa_ask_interval_s": 3601}, {"qa_auto_approve": "yes"}, {"title": "renamed"}, []):
+        bodies = (
+            {"qa_ask_interval_s": 3601},
+            {"qa_auto_approve": "yes"},
+            {"title": "renamed"},
+            {"teacher_id": "a b"},
+            [],
+        )
+        for body in bodies:
             async with http.patch(f"{url}/api/rooms/known", json=body) as r:
                 assert r.status == 400 and (await r.json())["error"]["code"] == "invalid", body
         async with http.patch(f"{url}/api/rooms/missing", json={"qa_auto_approve": True}) as r:

@@ -123,6 +123,8 @@ async def test_sandbox_checkout_page_pays_through_the_webhook(start_app: AppFact
                     assert r.status == 200 and "Coins added" in await r.text()
         assert await balance(url, "sam") == 100
         assert (await student.call("wallet:checkout", {"pack": "nope"}))["error"]["code"] == "not_found"
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/sandbox/checkout/co_unknown") as r:
+            assert r.status == 404
         async with aiohttp.ClientSession() as http:
             body = completed("evt_x", "co_unknown")
             forged = sign("not-our-key", body, int(time.time()))

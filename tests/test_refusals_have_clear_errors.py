@@ -265,6 +265,15 @@ async def test_chat_text_that_looks_like_html_is_stored_and_sent_verbatim(room: 
         ("qa:settings", {"ask_interval_s": 3601}),
         ("qa:settings", {"auto_approve": 1}),
         ("qa:ask", {"text": "ok", "extra": True}),
+        ("qa:ask", {"text": "ok", "coins": "10"}),
+        ("gift:send", {"gift": "coffee", "key": "k", "count": "2"}),
+        ("tip:send", {"coins": 5}),
+        ("message:paid", {"text": "hi", "coins": "50", "key": "k"}),
+        ("wallet:get", {"extra": 1}),
+        ("wallet:checkout", {"pack": 5}),
+        ("wallet:limits", {"daily": 0}),
+        ("wallet:limits", {"hide_on_boards": "yes"}),
+        ("board:get", {"scope": 1}),
     ],
 )
 async def test_staff_events_with_bad_payloads_are_refused_and_change_nothing(
