@@ -1,0 +1,248 @@
+"""The per-packet path: one published track fanned out to every viewer, headers rewritten, never decoded.
+
+A ``TrackSource`` is one track a publisher sends (a camera, a microphone, a screen). A ``TrackSink`` is
+one viewer's outgoing stream bound to a source. For each packet the source hands the same payload to
+every sink; the sink writes its own 12-byte header (its SSRC, payload type and a continuous sequence
+number and timestamp) and its mid extension, protects the packet with its SRTP session and writes it
+to its ICE pair's socket. That is all the per-viewer work there is.
+
+A sink keeps its sequence numbers and timestamps continuous when its source's publisher reconnects or
+switches camera, so a viewer's decoder sees one stream. Video sinks start (and restart) on a keyframe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc.rtp import RtpPacket
+
+from live.media.internals import Egress
+from live.media.rtp import keyframe_detector, mid_extension_block
+
+NACK_HISTORY = 512  # packets per video sink: about 3 s of 1.2 Mbps video
+KEYFRAME_REQUEST_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """What viewers are told about a published track."""
+
+    source_id: str
+    user_id: str
+    label: str  # camera | microphone | screen
+    kind: str  # audio | video
+
+
+@dataclass
+class ForwardStats:
+    """Counters of one source, read by metrics and benchmarks."""
+
+    packets_in: int = 0
+    packets_out: int = 0
+    keyframe_requests: int = 0
+
+
+class TrackSink:
+    """One viewer's outgoing stream of one source."""
+
+    __slots__ = (
+        "_address",
+        "_extension",
+        "_first_byte",
+        "_header",
+        "_history",
+        "_last_seq",
+        "_last_ts",
+        "_marker_pt",
+        "_protect",
+        "_pt",
+        "_sendto",
+        "_seq_offset",
+        "_ssrc",
+        "_stopped_at",
+        "_ts_offset",
+        "clock_rate",
+        "octets",
+        "packets",
+        "resync",
+        "video",
+    )
+
+    def __init__(self, egress: Egress, *, video: bool, clock_rate: int) -> None:
+        extension = mid_extension_block(egress.mid_extension_id, egress.mid)
+        self._header = struct.Struct(f"!BBHII{len(extension)}s")
+        self._first_byte = 0x90 if extension else 0x80
+        self._extension = extension
+        self._pt = egress.payload_type
+        self._marker_pt = egress.payload_type | 0x80
+        self._ssrc = egress.ssrc
+        self._protect = egress.protect
+        self._sendto = egress.sendto
+        self._address = egress.address
+        self.video = video
+        self.clock_rate = clock_rate
+        self._history: list[bytes | None] | None = [None] * NACK_HISTORY if video else None
+        self._last_seq = random.randrange(32768)  # lower half: avoids an early SRTP rollover
+        self._last_ts = random.randrange(1 << 32)
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._stopped_at: float | None = None
+        self.resync = True
+        self.packets = 0
+        self.octets = 0
+
+    def restart(self) -> None:
+        """The source changed publisher: continue after the last packet sent, from the next keyframe."""
+        self.resync = True
+        self._stopped_at = time.monotonic()
+
+    def _rebase(self, seq: int, ts: int) -> None:
+        elapsed = 0.0 if self._stopped_at is None else time.monotonic() - self._stopped_at
+        gap = max(1, int(elapsed * self.clock_rate)) if self.packets else 0
+        self._seq_offset = (self._last_seq + 1 - seq) & 0xFFFF
+        self._ts_offset = (self._last_ts + gap - ts) & 0xFFFFFFFF
+        self._stopped_at = None
+        self.resync = False
+
+    def send(self, seq: int, ts: int, marker: int, payload: bytes) -> None:
+        """Rewrite, protect and send one packet (the caller has checked keyframe starts)."""
+        seq = (seq + self._seq_offset) & 0xFFFF
+        ts = (ts + self._ts_offset) & 0xFFFFFFFF
+        packet = self._protect(
+            self._header.pack(
+                self._first_byte, self._marker_pt if marker else self._pt, seq, ts, self._ssrc, self._extension
+            )
+            + payload
+        )
+        self._sendto(packet, self._address)
+        if self._history is not None:
+            self._history[seq % NACK_HISTORY] = packet
+        self._last_seq = seq
+        self._last_ts = ts
+        self.packets += 1
+        self.octets += len(payload)
+
+    def retransmit(self, sequence_numbers: list[int]) -> int:
+        """Send again the packets a viewer reported lost, if still in history; returns how many."""
+        history = self._history
+        if history is None:
+            return 0
+        sent = 0
+        for seq in sequence_numbers:
+            packet = history[seq % NACK_HISTORY]
+            # An SRTP packet's header is in clear: its bytes 2-3 are the sequence number.
+            if packet is not None and (packet[2] << 8 | packet[3]) == seq:
+                self._sendto(packet, self._address)
+                sent += 1
+        return sent
+
+    @property
+    def last_timestamp(self) -> int:
+        return self._last_ts
+
+
+class TrackSource:
+    """One published track and the sinks it feeds."""
+
+    def __init__(self, info: TrackInfo, *, codec_name: str, mime_type: str, clock_rate: int, codec: Any) -> None:
+        self.info = info
+        self.codec_name = codec_name
+        self.mime_type = mime_type
+        self.clock_rate = clock_rate
+        self.codec = codec  # aiortc RTCRtpCodecParameters, for viewers' codec preferences
+        self.sinks: list[TrackSink] = []
+        self.stats = ForwardStats()
+        self.media_ssrc: int | None = None
+        self._is_keyframe: Callable[[bytes], bool] | None = (
+            keyframe_detector(codec_name) if info.kind == "video" else None
+        )
+        self._request_keyframe: Callable[[int], None] | None = None
+        self._last_keyframe_request = 0.0
+        self._deferred: asyncio.TimerHandle | None = None
+        self._arrival: Callable[[], float] = time.perf_counter
+        self._observe: Callable[[float], None] | None = None
+
+    def connect_upstream(self, request_keyframe: Callable[[int], None], arrival: Callable[[], float]) -> None:
+        """Bind the source to a (new) publisher; every sink resumes at that publisher's next keyframe."""
+        self._request_keyframe = request_keyframe
+        self._arrival = arrival
+        self.media_ssrc = None
+        for sink in self.sinks:
+            sink.restart()
+
+    def observe_delays(self, observe: Callable[[float], None]) -> None:
+        self._observe = observe
+
+    def add_sink(self, sink: TrackSink) -> None:
+        self.sinks.append(sink)
+        if self._is_keyframe is not None:
+            self.request_keyframe()
+
+    def remove_sink(self, sink: TrackSink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, at most once per 500 ms per track.
+
+        A request that comes too soon is sent when the interval is over, not dropped: the keyframe
+        the earlier request brought may already have gone by.
+        """
+        if self._request_keyframe is None or self.media_ssrc is None:
+            return
+        now = time.monotonic()
+        wait = self._last_keyframe_request + KEYFRAME_REQUEST_INTERVAL_S - now
+        if wait > 0:
+            if self._deferred is None:
+                self._deferred = asyncio.get_running_loop().call_later(wait, self._send_deferred)
+            return
+        self._last_keyframe_request = now
+        self.stats.keyframe_requests += 1
+        self._request_keyframe(self.media_ssrc)
+
+    def _send_deferred(self) -> None:
+        self._deferred = None
+        self.request_keyframe()
+
+    def close(self) -> None:
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
+        self._request_keyframe = None
+
+    def on_packet(self, packet: RtpPacket) -> None:
+        """Forward one publisher packet to every sink."""
+        payload = packet.payload
+        if not payload:  # padding-only: nothing for viewers
+            return
+        if self.media_ssrc is None:
+            self.media_ssrc = packet.ssrc
+            if any(sink.resync for sink in self.sinks) and self._is_keyframe is not None:
+                self.request_keyframe()
+        seq = packet.sequence_number
+        ts = packet.timestamp
+        marker = packet.marker
+        is_keyframe = self._is_keyframe
+        keyframe: bool | None = None
+        sent = 0
+        for sink in self.sinks:
+            if sink.resync:
+                if is_keyframe is not None:
+                    if keyframe is None:
+                        keyframe = is_keyframe(payload)
+                    if not keyframe:
+                        continue
+                sink._rebase(seq, ts)
+            sink.send(seq, ts, marker, payload)
+            sent += 1
+        stats = self.stats
+        stats.packets_in += 1
+        stats.packets_out += sent
+        if self._observe is not None and sent:
+            self._observe(time.perf_counter() - self._arrival())

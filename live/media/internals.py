@@ -1,0 +1,186 @@
+"""Every use of aiortc's and aioice's private internals, in one place.
+
+The pass-through SFU needs four things aiortc does not expose:
+
+- the publisher's RTP packets after SRTP, RTX unwrapping and NACK generation, but before the jitter
+  buffer and decoder (we forward packets, we never decode them);
+- the arrival time of each datagram, to measure how long forwarding takes;
+- a viewer's SRTP session and the UDP socket and address of its selected ICE pair, so that a packet
+  is rewritten, protected and sent with no coroutine per packet;
+- a viewer's RTCP (PLI, FIR, NACK, receiver reports) and the figures in its sender reports.
+
+aiortc and aioice are pinned exactly in pyproject.toml; ``tests/test_aiortc_internals.py`` fails
+loudly when an upgrade changes anything used here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import AnyRtcpPacket, RtpPacket
+
+
+class PacketTap(Protocol):
+    """Receives each RTP packet of a published track, in arrival order."""
+
+    def __call__(self, packet: RtpPacket) -> None: ...
+
+
+class _JitterBufferTap:
+    """Stands in for a receiver's jitter buffer: hands packets on and never builds frames."""
+
+    __slots__ = ("tap",)
+
+    def __init__(self, tap: PacketTap) -> None:
+        self.tap = tap
+
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        self.tap(packet)
+        return False, None
+
+    def remove(self, count: int) -> None:  # the real buffer's API, unused by the receiver path we keep
+        return None
+
+
+def tap_receiver(receiver: RTCRtpReceiver, tap: PacketTap) -> None:
+    """Route a receiver's packets to ``tap`` instead of its jitter buffer and decoder.
+
+    The receiver keeps what a publisher needs from it: receiver reports, NACKs for lost packets,
+    REMB bandwidth estimates and RTX unwrapping. Nothing is decoded, so no frame piles up.
+    """
+    if not hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
+        raise RuntimeError("aiortc internals changed: RTCRtpReceiver has no jitter buffer to tap")
+    state: Any = receiver
+    state._RTCRtpReceiver__jitter_buffer = _JitterBufferTap(tap)
+
+
+async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Ask the publisher of ``media_ssrc`` for a keyframe (RTCP PLI)."""
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+class ArrivalClock:
+    """The monotonic time at which the datagram being handled reached the ICE connection.
+
+    aioice queues datagrams between its socket callback and aiortc's receive task; the time spent
+    in that queue is part of what forwarding costs, so we stamp datagrams as they arrive.
+    """
+
+    def __init__(self) -> None:
+        self._stamps: collections.deque[float] = collections.deque()
+        self.current = time.perf_counter()
+
+    def attach(self, receiver: RTCRtpReceiver) -> None:
+        connection: Any = receiver.transport.transport._connection
+        stamps = self._stamps
+        data_received = connection.data_received
+        recvfrom = connection.recvfrom
+
+        def stamped_data_received(data: bytes, component: int) -> None:
+            stamps.append(time.perf_counter())
+            data_received(data, component)
+
+        async def stamped_recvfrom() -> tuple[bytes, int]:
+            result: tuple[bytes, int] = await recvfrom()
+            self.current = stamps.popleft() if stamps else time.perf_counter()
+            return result
+
+        connection.data_received = stamped_data_received
+        connection.recvfrom = stamped_recvfrom
+
+
+@dataclass(frozen=True)
+class Egress:
+    """What a viewer's sender needs to put a packet on the wire without aiortc's send path."""
+
+    payload_type: int
+    ssrc: int
+    mid: str | None
+    mid_extension_id: int | None
+    protect: Callable[[bytes], bytes]
+    sendto: Callable[[bytes, Any], None]
+    address: tuple[str, int]
+
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+
+
+def egress_of(transceiver: RTCRtpTransceiver) -> Egress:
+    """Resolve a connected send transceiver's negotiated codec, SRTP session and selected ICE pair."""
+    sender = transceiver.sender
+    dtls = sender.transport
+    if dtls.state != "connected":
+        raise ConnectionError("viewer transport is not connected")
+    srtp: Any = dtls._tx_srtp
+    pair: Any = dtls.transport._connection._nominated.get(1)
+    if srtp is None or pair is None:
+        raise ConnectionError("viewer transport has no SRTP session or selected ICE pair")
+    codecs = negotiated_codecs(transceiver)
+    mid_id = next((ext.id for ext in transceiver._headerExtensions if ext.uri == MID_URI), None)
+    return Egress(
+        payload_type=int(codecs[0].payloadType or 0),
+        ssrc=sender._ssrc,
+        mid=transceiver.mid,
+        mid_extension_id=mid_id,
+        protect=srtp.protect,
+        sendto=pair.protocol.transport.sendto,
+        address=pair.remote_addr,
+    )
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:
+    """The codecs a transceiver negotiated, first the one in use; empty before negotiation."""
+    return list(transceiver._codecs)
+
+
+def offered_direction(transceiver: RTCRtpTransceiver) -> str | None:
+    """The direction a remote offer asked of this transceiver (``recvonly`` when the remote sends)."""
+    return transceiver._offerDirection
+
+
+RtcpHandler = Callable[[AnyRtcpPacket], Awaitable[None]]
+
+
+def intercept_rtcp(sender: RTCRtpSender, handler: RtcpHandler) -> None:
+    """Deliver the RTCP that a viewer sends about ``sender``'s stream to ``handler`` instead."""
+    if not callable(getattr(sender, "_handle_rtcp_packet", None)):
+        raise RuntimeError("aiortc internals changed: RTCRtpSender has no _handle_rtcp_packet")
+    state: Any = sender  # an instance attribute shadows the method
+    state._handle_rtcp_packet = handler
+
+
+def set_sender_report(sender: RTCRtpSender, *, ntp: int, rtp_timestamp: int, packets: int, octets: int) -> None:
+    """Set the figures of the sender's next RTCP sender report (used by viewers for lip sync)."""
+    state: Any = sender
+    state._RTCRtpSender__ntp_timestamp = ntp
+    state._RTCRtpSender__rtp_timestamp = rtp_timestamp
+    state._RTCRtpSender__packet_count = packets
+    state._RTCRtpSender__octet_count = octets
+
+
+class SilentTrack(MediaStreamTrack):
+    """Placeholder for a sender's track whose packets we send ourselves.
+
+    aiortc's sender task awaits ``recv()`` until the track stops, so it costs nothing per packet.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def recv(self) -> Any:
+        await self._ended
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)
+        super().stop()

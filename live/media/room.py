@@ -1,0 +1,222 @@
+"""A room's media on this instance: its publishers, the tracks they send, and the viewers of those tracks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import clock
+
+from live.media.errors import MediaError
+from live.media.forwarding import TrackInfo, TrackSource
+from live.media.internals import tap_receiver
+from live.media.publisher import PublishedTrack, Publisher
+from live.media.viewer import OfferSender, Viewer
+
+log = logging.getLogger(__name__)
+
+
+class MediaRoom:
+    """Publishers and viewers of one room. Track changes are pushed to every viewer."""
+
+    def __init__(self, room_id: str, *, republish_grace_s: float, observe_delay: Callable[[float], None]) -> None:
+        self.room_id = room_id
+        self.sources: dict[str, TrackSource] = {}
+        self.publishers: dict[tuple[str, str], Publisher] = {}
+        self.viewers: dict[str, Viewer] = {}
+        self._grace_s = republish_grace_s
+        self._observe_delay = observe_delay
+        self._orphan_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # publishing
+    async def publish(self, user_id: str, stream: str, offer_sdp: str) -> str:
+        """Answer a publisher's offer. Its tracks replace what the same user's stream sent before;
+        viewers of those tracks continue on the new ones without renegotiating."""
+        if self.closed:
+            raise MediaError("not_live", "this room's media has ended")
+        publisher = Publisher(user_id, stream, self._publisher_closed)
+        try:
+            answer = await publisher.answer(offer_sdp)
+        except BaseException:
+            await publisher.close()
+            raise
+        async with self._lock:
+            key = (user_id, stream)
+            previous = self.publishers.get(key)
+            self.publishers[key] = publisher
+            timer = self._orphan_timers.pop(key, None)
+            if timer is not None:
+                timer.cancel()
+            labels = {track.label for track in publisher.tracks}
+            for track in publisher.tracks:
+                self._bind_track(user_id, publisher, track)
+            for source_id, source in list(self.sources.items()):
+                if source.info.user_id == user_id and self._stream_of(source.info.label) == stream:
+                    if source.info.label not in labels:
+                        self._drop_source(source_id)
+        if previous is not None:
+            await previous.close()
+        await self._push_tracks()
+        return answer
+
+    @staticmethod
+    def _stream_of(label: str) -> str:
+        return "screen" if label == "screen" else "main"
+
+    def _bind_track(self, user_id: str, publisher: Publisher, track: PublishedTrack) -> None:
+        source_id = f"{user_id}:{track.label}"
+        source = self.sources.get(source_id)
+        codec = track.codec
+        if source is not None and (source.mime_type != codec.mimeType or source.codec.parameters != codec.parameters):
+            self._drop_source(source_id)
+            source = None
+        if source is None:
+            source = TrackSource(
+                TrackInfo(source_id=source_id, user_id=user_id, label=track.label, kind=track.kind),
+                codec_name=codec.name,
+                mime_type=codec.mimeType,
+                clock_rate=codec.clockRate,
+                codec=codec,
+            )
+            source.observe_delays(self._observe_delay)
+            self.sources[source_id] = source
+        arrival = publisher.arrival
+        source.connect_upstream(publisher.keyframe_requester(track), lambda: arrival.current)
+        tap_receiver(track.transceiver.receiver, source.on_packet)
+
+    def _drop_source(self, source_id: str) -> None:
+        source = self.sources.pop(source_id, None)
+        if source is not None:
+            source.close()
+
+    async def unpublish(self, user_id: str, stream: str | None = None) -> bool:
+        """Stop a user's stream (or all of their streams) now; returns whether anything was published."""
+        keys = [key for key in self.publishers if key[0] == user_id and (stream is None or key[1] == stream)]
+        async with self._lock:
+            publishers = [self.publishers.pop(key) for key in keys]
+            for key in keys:
+                self._forget_stream(key)
+        for publisher in publishers:
+            await publisher.close()
+        if keys:
+            await self._push_tracks()
+        return bool(keys)
+
+    def _forget_stream(self, key: tuple[str, str]) -> None:
+        timer = self._orphan_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        user_id, stream = key
+        for source_id, source in list(self.sources.items()):
+            if source.info.user_id == user_id and self._stream_of(source.info.label) == stream:
+                self._drop_source(source_id)
+
+    def _publisher_closed(self, publisher: Publisher) -> None:
+        """A publisher's connection failed or closed: keep its tracks for the grace period, so that
+        viewers continue when it republishes (a reload, a network change), then drop them."""
+        key = (publisher.user_id, publisher.stream)
+        if self.publishers.get(key) is not publisher or self.closed:
+            return
+        del self.publishers[key]
+        loop = asyncio.get_running_loop()
+
+        def expire() -> None:
+            self._orphan_timers.pop(key, None)
+            if key not in self.publishers:
+                self._forget_stream(key)
+                self._spawn(self._push_tracks())
+
+        self._orphan_timers[key] = loop.call_later(self._grace_s, expire)
+
+    # viewing
+    async def watch(self, viewer_id: str, user_id: str, send_offer: OfferSender) -> Viewer:
+        """Start a viewer whose offers go out through ``send_offer``; replaces that viewer's earlier one."""
+        if self.closed:
+            raise MediaError("not_live", "this room's media has ended")
+        await self.leave(viewer_id)
+        viewer = Viewer(viewer_id, user_id, send_offer)
+        viewer.on_failed = lambda v: self._spawn(self._viewer_failed(v))
+        self.viewers[viewer_id] = viewer
+        await viewer.update(self.sources)
+        return viewer
+
+    async def answer_viewer(self, viewer_id: str, offer_sdp: str, user_id: str) -> tuple[Viewer, str]:
+        """WHEP: answer a viewer's own offer with the room's current tracks."""
+        if self.closed:
+            raise MediaError("not_live", "this room's media has ended")
+        if not self.sources:
+            raise MediaError("not_live", "nobody is publishing in this room")
+        viewer = Viewer(viewer_id, user_id, None)
+        viewer.on_failed = lambda v: self._spawn(self._viewer_failed(v))
+        self.viewers[viewer_id] = viewer
+        try:
+            answer = await viewer.answer_offer(offer_sdp, self.sources)
+        except BaseException:
+            await self.leave(viewer_id)
+            raise
+        return viewer, answer
+
+    async def accept_answer(self, viewer_id: str, answer_sdp: str) -> None:
+        viewer = self.viewers.get(viewer_id)
+        if viewer is None:
+            raise MediaError("invalid_state", "send media:watch first")
+        await viewer.accept_answer(answer_sdp)
+
+    async def leave(self, viewer_id: str) -> bool:
+        viewer = self.viewers.pop(viewer_id, None)
+        if viewer is None:
+            return False
+        await viewer.close()
+        return True
+
+    async def _viewer_failed(self, viewer: Viewer) -> None:
+        if self.viewers.get(viewer.viewer_id) is viewer:
+            await self.leave(viewer.viewer_id)
+
+    async def _push_tracks(self) -> None:
+        viewers = list(self.viewers.values())
+        results = await asyncio.gather(*(v.update(self.sources) for v in viewers), return_exceptions=True)
+        for viewer, result in zip(viewers, results, strict=True):
+            if isinstance(result, Exception):
+                log.warning("media: could not update viewer %s: %r", viewer.viewer_id, result)
+
+    def refresh_sender_reports(self) -> None:
+        ntp_now = clock.current_ntp_time()
+        for viewer in self.viewers.values():
+            viewer.refresh_sender_reports(ntp_now)
+
+    def idle(self) -> bool:
+        """Nothing published, nobody watching, no publisher expected back."""
+        return not (self.publishers or self.viewers or self.sources or self._orphan_timers)
+
+    def tracks(self) -> list[dict[str, str]]:
+        return [
+            {"user_id": s.info.user_id, "label": s.info.label, "kind": s.info.kind, "codec": s.mime_type}
+            for s in self.sources.values()
+        ]
+
+    async def close(self) -> None:
+        """End the room's media: every peer connection is closed."""
+        self.closed = True
+        for timer in self._orphan_timers.values():
+            timer.cancel()
+        self._orphan_timers.clear()
+        viewers = list(self.viewers.values())
+        publishers = list(self.publishers.values())
+        self.viewers.clear()
+        self.publishers.clear()
+        await asyncio.gather(*(v.close() for v in viewers), *(p.close() for p in publishers))
+        for source_id in list(self.sources):
+            self._drop_source(source_id)
+        for task in list(self._tasks):
+            task.cancel()

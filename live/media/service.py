@@ -1,0 +1,158 @@
+"""The media of every room on this instance, with its housekeeping and figures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from array import array
+from dataclasses import dataclass
+
+from live.media.errors import MediaError
+from live.media.room import MediaRoom
+from live.media.viewer import OfferSender, Viewer
+from rooms.errors import forbidden
+from rooms.identity import Identity
+
+log = logging.getLogger(__name__)
+
+DELAY_SAMPLES = 65_536  # forwarding delays kept for percentiles (a ring)
+
+
+@dataclass(frozen=True)
+class MediaFigures:
+    """Totals over this instance's rooms (``/metrics`` and ``GET /api/media/stats``)."""
+
+    rooms: int
+    publishers: int
+    viewers: int
+    tracks: int
+    packets_in: int
+    packets_out: int
+    keyframe_requests: int
+    forward_p50_ms: float | None
+    forward_p99_ms: float | None
+
+
+class MediaService:
+    """Creates each room's ``MediaRoom`` on first use, refreshes sender reports, drops empty rooms."""
+
+    def __init__(self, *, republish_grace_s: float = 15.0) -> None:
+        self.rooms: dict[str, MediaRoom] = {}
+        self._grace_s = republish_grace_s
+        self._delays = array("d", bytes(8 * DELAY_SAMPLES))
+        self._delay_count = 0
+        self._task: asyncio.Task[None] | None = None
+        self._closed_totals = (0, 0, 0)
+
+    def _observe(self, seconds: float) -> None:
+        self._delays[self._delay_count % DELAY_SAMPLES] = seconds
+        self._delay_count += 1
+
+    def room(self, room_id: str) -> MediaRoom:
+        room = self.rooms.get(room_id)
+        if room is None or room.closed:
+            room = MediaRoom(room_id, republish_grace_s=self._grace_s, observe_delay=self._observe)
+            self.rooms[room_id] = room
+        return room
+
+    # the socket and WHIP/WHEP entry points
+    async def publish(self, who: Identity, stream: str, offer_sdp: str) -> str:
+        if not who.grants.publish:
+            raise forbidden("publishing media")
+        return await self.room(who.room_id).publish(who.user_id, stream, offer_sdp)
+
+    async def unpublish(self, who: Identity, stream: str | None) -> bool:
+        room = self.rooms.get(who.room_id)
+        return room is not None and await room.unpublish(who.user_id, stream)
+
+    async def watch(self, who: Identity, viewer_id: str, send_offer: OfferSender) -> Viewer:
+        return await self.room(who.room_id).watch(viewer_id, who.user_id, send_offer)
+
+    async def answer(self, who: Identity, viewer_id: str, answer_sdp: str) -> None:
+        room = self.rooms.get(who.room_id)
+        if room is None:
+            raise MediaError("invalid_state", "send media:watch first")
+        await room.accept_answer(viewer_id, answer_sdp)
+
+    async def leave(self, room_id: str, viewer_id: str) -> bool:
+        room = self.rooms.get(room_id)
+        return room is not None and await room.leave(viewer_id)
+
+    async def end_room(self, room_id: str) -> None:
+        """The lesson ended: close every peer connection of the room."""
+        room = self.rooms.pop(room_id, None)
+        if room is not None:
+            self._retire(room)
+            await room.close()
+
+    def _retire(self, room: MediaRoom) -> None:
+        packets_in, packets_out, keyframes = self._closed_totals
+        for source in room.sources.values():
+            packets_in += source.stats.packets_in
+            packets_out += source.stats.packets_out
+            keyframes += source.stats.keyframe_requests
+        self._closed_totals = (packets_in, packets_out, keyframes)
+
+    # figures
+    def figures(self) -> MediaFigures:
+        packets_in, packets_out, keyframes = self._closed_totals
+        tracks = 0
+        for room in self.rooms.values():
+            for source in room.sources.values():
+                tracks += 1
+                packets_in += source.stats.packets_in
+                packets_out += source.stats.packets_out
+                keyframes += source.stats.keyframe_requests
+        p50, p99 = self.forward_percentiles()
+        return MediaFigures(
+            rooms=len(self.rooms),
+            publishers=sum(len(r.publishers) for r in self.rooms.values()),
+            viewers=sum(len(r.viewers) for r in self.rooms.values()),
+            tracks=tracks,
+            packets_in=packets_in,
+            packets_out=packets_out,
+            keyframe_requests=keyframes,
+            forward_p50_ms=p50,
+            forward_p99_ms=p99,
+        )
+
+    def forward_percentiles(self) -> tuple[float | None, float | None]:
+        """p50 and p99 forwarding delay in ms (arrival of a packet until its last viewer's copy is sent)."""
+        count = min(self._delay_count, DELAY_SAMPLES)
+        if not count:
+            return None, None
+        samples = sorted(self._delays[:count])
+        return (
+            round(samples[count // 2] * 1000, 3),
+            round(samples[min(count - 1, int(count * 0.99))] * 1000, 3),
+        )
+
+    def reset_delays(self) -> None:
+        self._delay_count = 0
+
+    # housekeeping
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._housekeeping(), name="media-housekeeping")
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                for room_id, room in list(self.rooms.items()):
+                    room.refresh_sender_reports()
+                    if room.idle():
+                        del self.rooms[room_id]
+                        self._retire(room)
+                        await room.close()
+            except Exception:
+                log.exception("media housekeeping failed")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        rooms = list(self.rooms.values())
+        self.rooms.clear()
+        await asyncio.gather(*(room.close() for room in rooms), return_exceptions=True)

@@ -1,0 +1,242 @@
+"""A viewing peer connection: one send-only slot per published track, fed by the forwarder.
+
+Offers come from the server (the room's tracks change during a lesson: a screen share starts, a student
+comes on stage) or, for WHEP, from the viewer. A slot keeps its transceiver when its track goes away and
+is reused by the next track of the same kind and codec, so most changes need no renegotiation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpCodecCapability, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, AnyRtcpPacket, RtcpPsfbPacket, RtcpRtpfbPacket
+
+from live.media.errors import MediaError
+from live.media.forwarding import TrackInfo, TrackSink, TrackSource
+from live.media.internals import SilentTrack, egress_of, intercept_rtcp, negotiated_codecs, set_sender_report
+
+log = logging.getLogger(__name__)
+
+
+def capability_of(source: TrackSource) -> RTCRtpCodecCapability:
+    codec = source.codec
+    return RTCRtpCodecCapability(
+        mimeType=codec.mimeType, clockRate=codec.clockRate, channels=codec.channels, parameters=codec.parameters
+    )
+
+
+@dataclass
+class Slot:
+    """One send transceiver of a viewer and the source it carries, if any."""
+
+    transceiver: RTCRtpTransceiver
+    kind: str
+    mime_type: str
+    source: TrackSource | None = None
+    sink: TrackSink | None = None
+    retransmitted: int = 0
+    track: Any = field(default=None, repr=False)
+
+    @property
+    def mid(self) -> str | None:
+        return self.transceiver.mid
+
+
+OfferSender = Callable[["Viewer", dict[str, Any]], Awaitable[None]]
+
+
+class Viewer:
+    """One viewer's connection: negotiates slots for the room's tracks and binds sinks to them."""
+
+    def __init__(self, viewer_id: str, user_id: str, send_offer: OfferSender | None) -> None:
+        self.viewer_id = viewer_id
+        self.user_id = user_id
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.slots: list[Slot] = []
+        self.created = time.monotonic()
+        self._send_offer = send_offer
+        self._negotiating = False
+        self._renegotiate = False
+        self._closed = False
+        self._sources: dict[str, TrackSource] = {}
+        self.pc.on("connectionstatechange", self._state_changed)
+        self.on_failed: Callable[[Viewer], None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def state(self) -> str:
+        return str(self.pc.connectionState)
+
+    def tracks(self) -> dict[str, dict[str, str]]:
+        """What each negotiated mid carries, for the client to place its media elements."""
+        out: dict[str, dict[str, str]] = {}
+        for slot in self.slots:
+            if slot.mid is not None and slot.source is not None:
+                info: TrackInfo = slot.source.info
+                out[slot.mid] = {"user_id": info.user_id, "label": info.label, "kind": info.kind}
+        return out
+
+    # binding sources to slots
+    def _bind(self, sources: dict[str, TrackSource]) -> bool:
+        """Match sources to slots; returns whether new transceivers (a renegotiation) are needed."""
+        self._sources = dict(sources)
+        wanted = set(sources)
+        for slot in self.slots:
+            if slot.source is not None and slot.source.info.source_id not in wanted:
+                self._unbind(slot)
+            elif slot.source is not None and sources[slot.source.info.source_id] is not slot.source:
+                self._unbind(slot)  # same id, new codec: the slot is rebound below if it fits
+        bound = {slot.source.info.source_id for slot in self.slots if slot.source is not None}
+        added = False
+        for source_id, source in sorted(sources.items()):
+            if source_id in bound:
+                continue
+            target = self._free_slot(source)
+            if target is None:
+                target = self._new_slot(source)
+                added = True
+            target.source = source
+            self._activate(target)
+        return added
+
+    def _free_slot(self, source: TrackSource) -> Slot | None:
+        for slot in self.slots:
+            if slot.source is None and slot.kind == source.info.kind and slot.mime_type == source.mime_type:
+                return slot
+        return None
+
+    def _new_slot(self, source: TrackSource) -> Slot:
+        track = SilentTrack(source.info.kind)
+        transceiver = self.pc.addTransceiver(track, direction="sendonly")
+        transceiver.setCodecPreferences([capability_of(source)])
+        intercept_rtcp(transceiver.sender, self._rtcp_handler_for(transceiver))
+        slot = Slot(transceiver, source.info.kind, source.mime_type, track=track)
+        self.slots.append(slot)
+        return slot
+
+    def _unbind(self, slot: Slot) -> None:
+        if slot.source is not None and slot.sink is not None:
+            slot.source.remove_sink(slot.sink)
+        slot.source = None
+        slot.sink = None
+
+    def _activate(self, slot: Slot) -> None:
+        """Start forwarding into a bound slot once its transport is up and its codec negotiated."""
+        if slot.source is None or slot.sink is not None or self._closed:
+            return
+        if slot.mid is None or not negotiated_codecs(slot.transceiver) or slot.transceiver.currentDirection is None:
+            return
+        try:
+            egress = egress_of(slot.transceiver)
+        except ConnectionError:
+            return
+        slot.sink = TrackSink(egress, video=slot.kind == "video", clock_rate=slot.source.clock_rate)
+        slot.source.add_sink(slot.sink)
+
+    def _activate_all(self) -> None:
+        for slot in self.slots:
+            self._activate(slot)
+
+    # negotiation, server side offering
+    async def update(self, sources: dict[str, TrackSource]) -> None:
+        """The room's tracks changed: rebind, and offer again if a slot had to be added."""
+        if self._closed:
+            return
+        needs_offer = self._bind(sources)
+        if self._negotiating:
+            self._renegotiate = self._renegotiate or needs_offer
+            return
+        if needs_offer or self.pc.localDescription is None:
+            await self._offer()
+        elif self._send_offer is not None:
+            await self._send_offer(self, {"sdp": None, "tracks": self.tracks()})
+
+    async def _offer(self) -> None:
+        if self._send_offer is None or self._closed:
+            return
+        self._negotiating = True
+        self._renegotiate = False
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        await self._send_offer(self, {"sdp": self.pc.localDescription.sdp, "tracks": self.tracks()})
+
+    async def accept_answer(self, answer_sdp: str) -> None:
+        """Apply the viewer's answer to our last offer."""
+        if not self._negotiating or self.pc.signalingState != "have-local-offer":
+            raise MediaError("invalid_state", "no offer is waiting for an answer")
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+        except Exception as exc:
+            raise MediaError("bad_sdp", f"cannot use this answer: {exc}") from None
+        self._negotiating = False
+        self._activate_all()
+        if self._renegotiate:
+            self._bind(self._sources)
+            await self._offer()
+
+    # negotiation, viewer side offering (WHEP)
+    async def answer_offer(self, offer_sdp: str, sources: dict[str, TrackSource]) -> str:
+        """Answer a viewer's offer (WHEP): its receive-only sections get the room's current tracks."""
+        self._bind(sources)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+        except Exception as exc:
+            raise MediaError("bad_sdp", f"cannot use this offer: {exc}") from None
+        return str(self.pc.localDescription.sdp)
+
+    # viewers' RTCP
+    def _rtcp_handler_for(self, transceiver: RTCRtpTransceiver) -> Callable[[AnyRtcpPacket], Awaitable[None]]:
+        async def handle(packet: AnyRtcpPacket) -> None:
+            slot = next((s for s in self.slots if s.transceiver is transceiver), None)
+            if slot is None or slot.source is None or slot.sink is None:
+                return
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                slot.source.request_keyframe()
+            elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                slot.retransmitted += slot.sink.retransmit(packet.lost)
+
+        return handle
+
+    def refresh_sender_reports(self, ntp_now: int) -> None:
+        """Give each sender's next RTCP sender report the figures of what we actually sent."""
+        for slot in self.slots:
+            if slot.sink is not None and slot.sink.packets:
+                set_sender_report(
+                    slot.transceiver.sender,
+                    ntp=ntp_now,
+                    rtp_timestamp=slot.sink.last_timestamp,
+                    packets=slot.sink.packets & 0xFFFFFFFF,
+                    octets=slot.sink.octets & 0xFFFFFFFF,
+                )
+
+    # lifecycle
+    async def _state_changed(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected":
+            self._activate_all()
+        elif state in ("failed", "closed") and not self._closed and self.on_failed is not None:
+            self.on_failed(self)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for slot in self.slots:
+            self._unbind(slot)
+        await self.pc.close()
+        for slot in self.slots:
+            if slot.track is not None:
+                slot.track.stop()
+        self.slots.clear()
+        await asyncio.sleep(0)

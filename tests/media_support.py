@@ -1,0 +1,156 @@
+"""Real aiortc peers for media tests: a publisher of synthetic video and audio, and decoding viewers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame, VideoFrame
+
+VIDEO_CLOCK = 90_000
+FPS = 30
+
+
+class MovingPicture(MediaStreamTrack):
+    """A 320x240 picture whose brightness changes every frame, at 30 frames per second."""
+
+    kind = "video"
+
+    def __init__(self, width: int = 320, height: int = 240) -> None:
+        super().__init__()
+        self.width, self.height = width, height
+        self._count = 0
+        self._start: float | None = None
+
+    async def recv(self) -> VideoFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        self._count += 1
+        wait = self._start + self._count / FPS - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        frame = VideoFrame(self.width, self.height, "yuv420p")
+        shade = (self._count * 4) % 256
+        frame.planes[0].update(bytes([shade]) * (self.width * self.height))
+        frame.planes[1].update(bytes([128]) * (self.width * self.height // 4))
+        frame.planes[2].update(bytes([(255 - shade)]) * (self.width * self.height // 4))
+        frame.pts = self._count * (VIDEO_CLOCK // FPS)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        return frame
+
+
+class Tone(MediaStreamTrack):
+    """A 440 Hz tone, 20 ms frames of 48 kHz stereo."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._samples = 0
+        self._start: float | None = None
+
+    async def recv(self) -> AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._samples / 48_000 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        count = 960
+        samples = bytearray()
+        for i in range(count):
+            value = int(8000 * math.sin(2 * math.pi * 440 * (self._samples + i) / 48_000))
+            samples += value.to_bytes(2, "little", signed=True) * 2
+        frame = AudioFrame(format="s16", layout="stereo", samples=count)
+        frame.planes[0].update(bytes(samples))
+        frame.sample_rate = 48_000
+        frame.pts = self._samples
+        frame.time_base = fractions.Fraction(1, 48_000)
+        self._samples += count
+        return frame
+
+
+class TestPublisher:
+    """An aiortc peer sending a moving picture and a tone (and, if asked, a second video as a screen)."""
+
+    def __init__(self, *, video: bool = True, audio: bool = True) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        if video:
+            self.pc.addTransceiver(MovingPicture(), direction="sendonly")
+        if audio:
+            self.pc.addTransceiver(Tone(), direction="sendonly")
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def accept(self, answer_sdp: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+class TestViewer:
+    """An aiortc peer answering the server's offers and decoding every track it receives."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.frames: dict[str, int] = {"video": 0, "audio": 0}
+        self.first_frame_at: dict[str, float] = {}
+        self.sizes: set[tuple[int, int]] = set()
+        self.tracks_by_mid: dict[str, dict[str, str]] = {}
+        self._readers: list[asyncio.Task[None]] = []
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self._readers.append(asyncio.ensure_future(self._read(track)))
+
+    async def _read(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+            while True:
+                frame = await track.recv()
+                self.frames[track.kind] += 1
+                self.first_frame_at.setdefault(track.kind, time.monotonic())
+                if isinstance(frame, VideoFrame):
+                    self.sizes.add((frame.width, frame.height))
+
+    async def answer(self, offer: dict[str, Any]) -> str | None:
+        """Apply a ``media:offer`` payload; returns the SDP answer to send back, if it carried an offer."""
+        self.tracks_by_mid = offer.get("tracks") or {}
+        if not offer.get("sdp"):
+            return None
+        await self.pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return str(self.pc.localDescription.sdp)
+
+    def transceivers(self) -> list[RTCRtpTransceiver]:
+        return list(self.pc.getTransceivers())
+
+    async def close(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        await self.pc.close()
+
+
+async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+OfferHandler = Callable[[Any, dict[str, Any]], Awaitable[None]]
