@@ -24,6 +24,7 @@ from live.config import Settings
 from live.db import create_engine, migrate
 from live.gateway import SocketGateway
 from live.http_util import errors_and_headers
+from live.media.service import MediaService
 from live.metrics import Metrics
 from live.ops import OpsRoutes
 from live.pages import Pages
@@ -66,6 +67,7 @@ class Services:
     presence: PresenceKeeper
     gateway: SocketGateway
     metrics: Metrics
+    media: MediaService
 
 
 SERVICES = web.AppKey("services", Services)
@@ -137,7 +139,9 @@ def create_app(settings: Settings) -> web.Application:
     qa.payments = gifts
     rooms.ending_hooks.append(gifts.release_room)  # paid questions left unanswered: coins go back
     checkouts = CheckoutService(db, ledger, payment_provider(settings), settings.gifts.packs)
-    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics)
+    media = MediaService(republish_grace_s=settings.media_republish_grace_s)
+    metrics.watch_media(media.figures)
+    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics, media)
     services = Services(
         settings,
         db,
@@ -153,6 +157,7 @@ def create_app(settings: Settings) -> web.Application:
         presence,
         gateway,
         metrics,
+        media,
     )
     app[SERVICES] = services
     AdminApi(settings, rooms, qa, gifts, Reports(db), presence).add_routes(app)
@@ -165,6 +170,7 @@ def create_app(settings: Settings) -> web.Application:
         await engine.start(gateway.follower)
         transcript.start()
         qa_recorder.start()
+        media.start()
         housekeeping = asyncio.create_task(_housekeeping(services), name="housekeeping")
         log.info("live-classroom ready: engine=%s instance=%s", engine.name, settings.instance_id)
         try:
@@ -173,6 +179,7 @@ def create_app(settings: Settings) -> web.Application:
             housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
+            await media.close()
             await qa.close()
             await ledger.close()
             await transcript.close()

@@ -53,6 +53,8 @@ class Settings:
     stripe_api_key: str = ""
     stripe_webhook_secret: str = ""
     log_level: str = "INFO"
+    media_republish_grace_s: int = 15
+    ice_servers: tuple[str, ...] = ()
 
     @property
     def engine_name(self) -> str:
@@ -125,6 +127,8 @@ class Settings:
                 daily_cap=_int(env, "LIVE_SPEND_CAP_DAILY", 50_000, 1, 10**12),
                 combo_window_ms=_int(env, "LIVE_GIFT_COMBO_MS", 3000, 100, 60_000),
             ),
+            "media_republish_grace_s": _int(env, "LIVE_MEDIA_REPUBLISH_GRACE_S", 15, 0, 600),
+            "ice_servers": _ice_servers(env),
             "log_level": _choice(env, "LIVE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         }
         if env.get("LIVE_INSTANCE_ID"):
@@ -162,6 +166,15 @@ def _catalogue(env: dict[str, str]) -> tuple[Gift, ...]:
     if len({g.id for g in gifts}) != len(gifts):
         raise ConfigError("LIVE_GIFT_CATALOGUE: gift ids must be unique")
     return gifts
+
+
+def _ice_servers(env: dict[str, str]) -> tuple[str, ...]:
+    """STUN/TURN URLs offered to clients (browser pages, WHIP ``Link`` headers), comma separated."""
+    urls = tuple(u.strip() for u in env.get("LIVE_ICE_SERVERS", "").split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("stun:", "stuns:", "turn:", "turns:")) or any(c in url for c in '<>" '):
+            raise ConfigError(f"LIVE_ICE_SERVERS: {url!r} is not a stun: or turn: URL")
+    return urls
 
 
 def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:

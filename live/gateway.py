@@ -19,6 +19,8 @@ from gifting.payments import CheckoutService
 from gifting.schemas import BoardGetIn, CheckoutIn, GiftSendIn, LimitsIn, PaidMessageIn, TipSendIn, WalletGetIn
 from live.auth import TokenError, verify_token
 from live.config import Settings
+from live.media.service import MediaService
+from live.media_signalling import LARGE_EVENTS, MediaSignalling
 from live.metrics import Metrics
 from live.sio_server import ACK_REQUESTED, PACKET_SIZE, ClassroomSocketServer
 from rooms.audience import SKIP, Versions, versions, wire_for
@@ -87,6 +89,7 @@ class SocketGateway:
         checkouts: CheckoutService,
         presence: PresenceKeeper,
         metrics: Metrics,
+        media: MediaService,
     ) -> None:
         self.settings = settings
         self.sio = sio
@@ -98,6 +101,8 @@ class SocketGateway:
         self.checkouts = checkouts
         self.presence = presence
         self.metrics = metrics
+        self.media = media
+        self.signalling = MediaSignalling(media, self._emit_to, settings.ice_servers)
         self.follower = RoomFollower(engine, self, history_limit=settings.history_size)
         self.views = RoomViews(engine, rooms, chat, qa, history_limit=settings.history_size)
         self.sessions: dict[str, Session] = {}
@@ -134,9 +139,11 @@ class SocketGateway:
             "wallet:limits": (LimitsIn, self._wallet_limits, True),
             "board:get": (BoardGetIn, self._board_get, True),
         }
+        events.update(self.signalling.events())
         self._known_events = set(events)
         for name, (schema, handler, needs_join) in events.items():
-            self.sio.on(name, self._guarded(name, schema, handler, needs_join))
+            limit = LARGE_EVENTS.get(name, self.settings.max_event_bytes)
+            self.sio.on(name, self._guarded(name, schema, handler, needs_join, limit))
         self.sio.on("*", self.on_unknown)
 
     # connection lifecycle
@@ -164,6 +171,7 @@ class SocketGateway:
         if session is None:
             return
         self.metrics.connections.dec()
+        await self.signalling.disconnected(session)
         if session.joined:
             room_id = session.identity.room_id
             await self.presence.leave(sid, session.identity)
@@ -178,7 +186,7 @@ class SocketGateway:
 
     # inbound events: limits, validation and error mapping, then the handler
     def _guarded(
-        self, event: str, schema: type[BaseModel], handler: Handler, needs_join: bool
+        self, event: str, schema: type[BaseModel], handler: Handler, needs_join: bool, max_bytes: int
     ) -> Callable[..., Awaitable[Any]]:
         received = self.metrics.events_in.labels(event)  # labels() is slow: looked up once
 
@@ -189,7 +197,7 @@ class SocketGateway:
                 if session is None:
                     raise RoomError("unauthorized", "not connected")
                 self._take_event_token(session)
-                payload = self._payload(args)
+                payload = self._payload(args, max_bytes)
                 try:
                     message = schema.model_validate(payload)
                 except ValidationError as exc:
@@ -220,12 +228,12 @@ class SocketGateway:
             )
         session.tokens -= 1.0
 
-    def _payload(self, args: tuple[Any, ...]) -> Any:
+    def _payload(self, args: tuple[Any, ...], max_bytes: int) -> Any:
         if len(args) != 1:
             raise RoomError("invalid", "send exactly one JSON object")
         payload = args[0]
-        if PACKET_SIZE.get() > self.settings.max_event_bytes:
-            raise RoomError("too_large", f"event over {self.settings.max_event_bytes} bytes")
+        if PACKET_SIZE.get() > max_bytes:
+            raise RoomError("too_large", f"event over {max_bytes} bytes")
         if not isinstance(payload, dict):
             raise RoomError("invalid", "payload must be a JSON object")
         return payload
@@ -376,6 +384,7 @@ class SocketGateway:
             await self._close(sids, "removed", {"reason": pub.data.get("reason", "")})
         elif pub.type == "room.status" and pub.data.get("status") == "ended":
             await self._close(self.presence.local_sids(room_id), None, {})
+            self._spawn(self.media.end_room(room_id))
 
     async def _deliver_versions(self, pub: Publication, split: Versions) -> None:
         """An event whose data differs by audience (rooms/audience.py): staff, author, everyone else."""
@@ -411,6 +420,9 @@ class SocketGateway:
                 await self.sio.emit(event, data, to=sid)
             # Not awaited here: disconnect handlers touch presence, and the follower holds the room lock.
             self._spawn(self.sio.disconnect(sid))
+
+    async def _emit_to(self, event: str, data: dict[str, Any], sid: str) -> None:
+        await self.sio.emit(event, data, to=sid)
 
     async def emit_count(self, room_id: str, count: int) -> None:
         self.sio.broadcast("presence:count", {"count": count}, room_id)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 
 class Metrics:
@@ -35,3 +40,35 @@ class Metrics:
         )
         self.bus_connected = Gauge("lc_bus_connected", "1 while the room bus subscriber is connected", registry=r)
         self.bus_outages = Gauge("lc_bus_outages", "Room bus outages since start", registry=r)
+
+    def watch_media(self, figures: Callable[[], Any]) -> None:
+        """Export the media service's figures (``MediaService.figures``) at each scrape."""
+        self.registry.register(_MediaCollector(figures))
+
+
+class _MediaCollector(Collector):
+    """Reads the media figures at scrape time: the forwarder keeps plain counters, no per-packet metric calls."""
+
+    def __init__(self, figures: Callable[[], Any]) -> None:
+        self._figures = figures
+
+    def collect(self) -> Iterator[Any]:
+        f = self._figures()
+        yield GaugeMetricFamily("lc_media_rooms", "Rooms with media on this instance", value=f.rooms)
+        yield GaugeMetricFamily("lc_media_publishers", "Publishing connections", value=f.publishers)
+        yield GaugeMetricFamily("lc_media_viewers", "Viewing connections", value=f.viewers)
+        yield GaugeMetricFamily("lc_media_tracks", "Published tracks being forwarded", value=f.tracks)
+        yield CounterMetricFamily("lc_media_packets_in", "RTP packets received from publishers", value=f.packets_in)
+        yield CounterMetricFamily("lc_media_packets_out", "RTP packets sent to viewers", value=f.packets_out)
+        yield CounterMetricFamily(
+            "lc_media_keyframe_requests", "Keyframe requests (PLI) sent to publishers", value=f.keyframe_requests
+        )
+        delay = GaugeMetricFamily(
+            "lc_media_forward_ms",
+            "Forwarding delay over the last 65,536 packets: arrival until the last viewer's copy is sent",
+            labels=["quantile"],
+        )
+        for quantile, value in (("0.5", f.forward_p50_ms), ("0.99", f.forward_p99_ms)):
+            if value is not None:
+                delay.add_metric([quantile], value)
+        yield delay

@@ -82,7 +82,7 @@ class Tone(MediaStreamTrack):
         return frame
 
 
-class TestPublisher:
+class SyntheticPublisher:
     """An aiortc peer sending a moving picture and a tone (and, if asked, a second video as a screen)."""
 
     def __init__(self, *, video: bool = True, audio: bool = True) -> None:
@@ -103,7 +103,7 @@ class TestPublisher:
         await self.pc.close()
 
 
-class TestViewer:
+class DecodingPeer:
     """An aiortc peer answering the server's offers and decoding every track it receives."""
 
     def __init__(self) -> None:
@@ -154,3 +154,34 @@ async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None
 
 
 OfferHandler = Callable[[Any, dict[str, Any]], Awaitable[None]]
+
+
+class SocketViewer:
+    """A room member that watches the lesson: answers every ``media:offer`` with a decoding aiortc peer."""
+
+    def __init__(self, member: Any) -> None:
+        self.member = member
+        self.peer = DecodingPeer()
+        self.offers: list[dict[str, Any]] = []
+        self.answers: list[dict[str, Any]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        member.sio.on("media:offer", self._on_offer)
+
+    def _on_offer(self, payload: dict[str, Any]) -> None:
+        self.offers.append(payload)
+        self._tasks.append(asyncio.ensure_future(self._answer(payload)))
+
+    async def _answer(self, payload: dict[str, Any]) -> None:
+        sdp = await self.peer.answer(payload)
+        if sdp is not None:
+            self.answers.append(await self.member.call("media:answer", {"sdp": sdp}))
+
+    async def watch(self) -> dict[str, Any]:
+        ack = await self.member.call("media:watch", {})
+        assert ack["ok"], ack
+        return dict(ack)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.peer.close()

@@ -37,6 +37,7 @@ class Publisher:
             raise MediaError("invalid", "stream must be 'main' or 'screen'")
         self.user_id = user_id
         self.stream = stream
+        self.owner: str | None = None  # the connection that published it
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.arrival = ArrivalClock()
         self.tracks: list[PublishedTrack] = []

@@ -39,12 +39,13 @@ class MediaRoom:
         task.add_done_callback(self._tasks.discard)
 
     # publishing
-    async def publish(self, user_id: str, stream: str, offer_sdp: str) -> str:
+    async def publish(self, user_id: str, stream: str, offer_sdp: str, *, owner: str | None = None) -> str:
         """Answer a publisher's offer. Its tracks replace what the same user's stream sent before;
         viewers of those tracks continue on the new ones without renegotiating."""
         if self.closed:
             raise MediaError("not_live", "this room's media has ended")
         publisher = Publisher(user_id, stream, self._publisher_closed)
+        publisher.owner = owner
         try:
             answer = await publisher.answer(offer_sdp)
         except BaseException:
@@ -111,6 +112,11 @@ class MediaRoom:
         if keys:
             await self._push_tracks()
         return bool(keys)
+
+    async def disconnect_publisher(self, user_id: str, stream: str, owner: str) -> None:
+        publisher = self.publishers.get((user_id, stream))
+        if publisher is not None and publisher.owner == owner:
+            await publisher.close()  # -> _publisher_closed: the grace period starts
 
     def _forget_stream(self, key: tuple[str, str]) -> None:
         timer = self._orphan_timers.pop(key, None)

@@ -57,10 +57,17 @@ class MediaService:
         return room
 
     # the socket and WHIP/WHEP entry points
-    async def publish(self, who: Identity, stream: str, offer_sdp: str) -> str:
+    async def publish(self, who: Identity, stream: str, offer_sdp: str, *, owner: str | None = None) -> str:
+        """Answer ``who``'s offer for one stream; ``owner`` names the connection it came through."""
         if not who.grants.publish:
             raise forbidden("publishing media")
-        return await self.room(who.room_id).publish(who.user_id, stream, offer_sdp)
+        return await self.room(who.room_id).publish(who.user_id, stream, offer_sdp, owner=owner)
+
+    async def disconnect_publisher(self, who: Identity, stream: str, *, owner: str) -> None:
+        """``owner``'s connection is gone: close what it published, keeping the tracks for the grace period."""
+        room = self.rooms.get(who.room_id)
+        if room is not None:
+            await room.disconnect_publisher(who.user_id, stream, owner)
 
     async def unpublish(self, who: Identity, stream: str | None) -> bool:
         room = self.rooms.get(who.room_id)

@@ -155,7 +155,7 @@ class Viewer:
         if self._negotiating:
             self._renegotiate = self._renegotiate or needs_offer
             return
-        if needs_offer or self.pc.localDescription is None:
+        if needs_offer:
             await self._offer()
         elif self._send_offer is not None:
             await self._send_offer(self, {"sdp": None, "tracks": self.tracks()})

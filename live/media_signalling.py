@@ -1,0 +1,78 @@
+"""Media signalling over the room's Socket.IO connection: thin handlers over ``MediaService``.
+
+A publisher sends ``media:publish`` with its SDP offer and gets the answer in the ack. A viewer sends
+``media:watch``; the server then sends ``media:offer`` whenever the room's tracks change, and the viewer
+replies with ``media:answer``. The protocol is in docs/protocol.md ("Media").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from live.media.schemas import MAX_SDP_CHARS, MediaAnswerIn, MediaPublishIn, MediaUnpublishIn
+from live.media.service import MediaService
+from live.media.viewer import Viewer
+from rooms.schemas import EmptyIn
+
+if TYPE_CHECKING:
+    from live.gateway import Session
+
+Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]
+
+#: Events whose payload is an SDP, with the byte limit that replaces LIVE_MAX_EVENT_BYTES for them.
+LARGE_EVENTS = {"media:publish": MAX_SDP_CHARS + 256, "media:answer": MAX_SDP_CHARS + 256}
+
+
+class MediaSignalling:
+    """The media events of one app's gateway."""
+
+    def __init__(self, media: MediaService, emit: Emit, ice_servers: tuple[str, ...]) -> None:
+        self.media = media
+        self._emit = emit
+        self._ice_servers = [{"urls": url} for url in ice_servers]
+        self._publishing: dict[str, set[str]] = {}  # sid -> streams it published
+
+    def events(self) -> dict[str, tuple[type[Any], Callable[[Session, Any], Awaitable[dict[str, Any]]], bool]]:
+        return {
+            "media:publish": (MediaPublishIn, self.publish, True),
+            "media:unpublish": (MediaUnpublishIn, self.unpublish, True),
+            "media:watch": (EmptyIn, self.watch, True),
+            "media:answer": (MediaAnswerIn, self.answer, True),
+            "media:leave": (EmptyIn, self.leave, True),
+        }
+
+    async def publish(self, session: Session, msg: MediaPublishIn) -> dict[str, Any]:
+        answer = await self.media.publish(session.identity, msg.stream, msg.sdp, owner=session.sid)
+        self._publishing.setdefault(session.sid, set()).add(msg.stream)
+        return {"sdp": answer, "ice_servers": self._ice_servers}
+
+    async def unpublish(self, session: Session, msg: MediaUnpublishIn) -> dict[str, Any]:
+        streams = self._publishing.get(session.sid, set())
+        if msg.stream is None:
+            streams.clear()
+        else:
+            streams.discard(msg.stream)
+        return {"stopped": await self.media.unpublish(session.identity, msg.stream)}
+
+    async def watch(self, session: Session, _: EmptyIn) -> dict[str, Any]:
+        sid = session.sid
+
+        async def send_offer(viewer: Viewer, payload: dict[str, Any]) -> None:
+            await self._emit("media:offer", payload, sid)
+
+        await self.media.watch(session.identity, sid, send_offer)
+        return {"ice_servers": self._ice_servers}
+
+    async def answer(self, session: Session, msg: MediaAnswerIn) -> dict[str, Any]:
+        await self.media.answer(session.identity, session.sid, msg.sdp)
+        return {}
+
+    async def leave(self, session: Session, _: EmptyIn) -> dict[str, Any]:
+        return {"left": await self.media.leave(session.identity.room_id, session.sid)}
+
+    async def disconnected(self, session: Session) -> None:
+        """The socket is gone: stop its viewer now; its published streams get the republish grace."""
+        await self.media.leave(session.identity.room_id, session.sid)
+        for stream in self._publishing.pop(session.sid, set()):
+            await self.media.disconnect_publisher(session.identity, stream, owner=session.sid)

@@ -1,0 +1,82 @@
+"""A teacher publishes synthetic video and audio from aiortc over the room socket; students' aiortc peers
+receive it through the forwarder (never decoded on the server) and decode every track. A student who joins
+late decodes a first frame within a second, so keyframe requests reach the publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from rooms.identity import Role
+from tests.conftest import AppFactory
+from tests.media_support import SocketViewer, SyntheticPublisher, wait_for
+from tests.support import ADMIN_AUTH, Member, token
+
+
+async def test_every_viewer_decodes_and_a_late_viewer_gets_a_keyframe_within_a_second(start_app: AppFactory) -> None:
+    url, services = await start_app()
+    async with aiohttp.ClientSession() as http:
+        await http.post(f"{url}/api/rooms", json={"id": "optics", "title": "Optics"}, headers=ADMIN_AUTH)
+    teacher = Member(url, token("optics", "t1", Role.TEACHER))
+    students = [Member(url, token("optics", f"s{i}")) for i in range(6)]
+    publisher = SyntheticPublisher()
+    viewers: list[SocketViewer] = []
+    try:
+        for m in [teacher, *students]:
+            await m.connect()
+            await m.join()
+        # Viewers may start watching before anyone publishes: their offer comes when the teacher does.
+        for s in students[:3]:
+            viewer = SocketViewer(s)
+            viewers.append(viewer)
+            await viewer.watch()
+
+        ack = await teacher.call("media:publish", {"sdp": await publisher.offer()})
+        assert ack["ok"], ack
+        await publisher.accept(ack["sdp"])
+
+        for s in students[3:5]:
+            viewer = SocketViewer(s)
+            viewers.append(viewer)
+            await viewer.watch()
+
+        await wait_for(
+            lambda: all(v.peer.frames["video"] >= 30 and v.peer.frames["audio"] >= 30 for v in viewers),
+            15,
+            "every viewer decoding a second of video and audio",
+        )
+        for v in viewers:
+            assert v.peer.sizes == {(320, 240)}
+            labels = sorted(t["label"] for t in v.offers[-1]["tracks"].values())
+            assert labels == ["camera", "microphone"], v.offers[-1]["tracks"]
+            assert all(a["ok"] for a in v.answers), v.answers
+
+        await asyncio.sleep(5)
+        late = SocketViewer(students[5])
+        viewers.append(late)
+        joined_at = time.monotonic()
+        await late.watch()
+        await wait_for(lambda: late.peer.frames["video"] > 0, 5, "the late viewer's first frame")
+        first_frame_ms = (late.peer.first_frame_at["video"] - joined_at) * 1000
+        assert first_frame_ms < 1000, f"late viewer's first frame after {first_frame_ms:.0f} ms"
+
+        figures = services.media.figures()
+        assert figures.viewers == 6 and figures.publishers == 1 and figures.tracks == 2
+        assert figures.keyframe_requests >= 1
+        assert figures.packets_out > figures.packets_in  # one in, many out: forwarded, not re-encoded
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+            text = await response.text()
+        assert "lc_media_viewers 6.0" in text
+
+        # Ending the lesson closes every peer connection.
+        ended = await teacher.call("room:end", {})
+        assert ended["ok"], ended
+        await wait_for(lambda: not services.media.rooms, 10, "the room's media to close")
+    finally:
+        for v in viewers:
+            await v.close()
+        await publisher.close()
+        for m in [teacher, *students]:
+            await m.close()
