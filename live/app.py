@@ -25,6 +25,7 @@ from live.db import create_engine, migrate
 from live.gateway import SocketGateway
 from live.http_util import errors_and_headers
 from live.media.service import MediaService
+from live.media_http import MediaHttp
 from live.metrics import Metrics
 from live.ops import OpsRoutes
 from live.pages import Pages
@@ -162,6 +163,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SERVICES] = services
     AdminApi(settings, rooms, qa, gifts, Reports(db), presence).add_routes(app)
     PaymentRoutes(checkouts).add_routes(app)
+    MediaHttp(settings, media, rooms).add_routes(app)
     OpsRoutes(db, engine, metrics).add_routes(app)
     Pages(STATIC_DIR).add_routes(app)
 

@@ -19,16 +19,20 @@ Model = TypeVar("Model", bound=BaseModel)
 
 STATUS_OF_CODE = {
     "invalid": 400,
+    "bad_sdp": 400,
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
     "room_not_found": 404,
     "conflict": 409,
     "room_ended": 409,
+    "not_live": 409,
+    "invalid_state": 409,
     "idempotency_mismatch": 409,
     "insufficient_funds": 409,
     "already_reversed": 409,
     "too_large": 413,
+    "unsupported_media_type": 415,
     "rate_limited": 429,
     "unavailable": 503,
 }

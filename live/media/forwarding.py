@@ -52,22 +52,25 @@ class TrackSink:
     """One viewer's outgoing stream of one source."""
 
     __slots__ = (
-        "_address",
+        "_buffer",
         "_extension",
         "_first_byte",
         "_header",
+        "_header_len",
         "_history",
         "_last_seq",
         "_last_ts",
         "_marker_pt",
-        "_protect",
         "_pt",
-        "_sendto",
+        "_send",
         "_seq_offset",
+        "_srtp",
         "_ssrc",
         "_stopped_at",
         "_ts_offset",
+        "address",
         "clock_rate",
+        "dropped",
         "octets",
         "packets",
         "resync",
@@ -77,14 +80,16 @@ class TrackSink:
     def __init__(self, egress: Egress, *, video: bool, clock_rate: int) -> None:
         extension = mid_extension_block(egress.mid_extension_id, egress.mid)
         self._header = struct.Struct(f"!BBHII{len(extension)}s")
+        self._header_len = self._header.size
         self._first_byte = 0x90 if extension else 0x80
         self._extension = extension
         self._pt = egress.payload_type
         self._marker_pt = egress.payload_type | 0x80
         self._ssrc = egress.ssrc
-        self._protect = egress.protect
-        self._sendto = egress.sendto
-        self._address = egress.address
+        self._srtp = egress.srtp
+        self._buffer = egress.srtp.buffer
+        self._send = egress.send
+        self.address = egress.address
         self.video = video
         self.clock_rate = clock_rate
         self._history: list[bytes | None] | None = [None] * NACK_HISTORY if video else None
@@ -96,13 +101,15 @@ class TrackSink:
         self.resync = True
         self.packets = 0
         self.octets = 0
+        self.dropped = 0
 
     def restart(self) -> None:
         """The source changed publisher: continue after the last packet sent, from the next keyframe."""
         self.resync = True
         self._stopped_at = time.monotonic()
 
-    def _rebase(self, seq: int, ts: int) -> None:
+    def rebase(self, seq: int, ts: int) -> None:
+        """Map the source's numbering onto this stream's: the next packet follows the last one sent."""
         elapsed = 0.0 if self._stopped_at is None else time.monotonic() - self._stopped_at
         gap = max(1, int(elapsed * self.clock_rate)) if self.packets else 0
         self._seq_offset = (self._last_seq + 1 - seq) & 0xFFFF
@@ -114,13 +121,24 @@ class TrackSink:
         """Rewrite, protect and send one packet (the caller has checked keyframe starts)."""
         seq = (seq + self._seq_offset) & 0xFFFF
         ts = (ts + self._ts_offset) & 0xFFFFFFFF
-        packet = self._protect(
-            self._header.pack(
-                self._first_byte, self._marker_pt if marker else self._pt, seq, ts, self._ssrc, self._extension
-            )
-            + payload
+        buffer = self._buffer
+        start = self._header_len
+        end = start + len(payload)
+        if end > self._srtp.capacity:
+            self.dropped += 1
+            return
+        self._header.pack_into(
+            buffer, 0, self._first_byte, self._marker_pt if marker else self._pt, seq, ts, self._ssrc, self._extension
         )
-        self._sendto(packet, self._address)
+        buffer[start:end] = payload
+        packet = self._srtp.protect(end)
+        if packet is None:
+            self.dropped += 1
+            return
+        try:
+            self._send(packet)
+        except OSError:  # socket buffer full, or the viewer's port closed: the packet is lost, as on a network
+            self.dropped += 1
         if self._history is not None:
             self._history[seq % NACK_HISTORY] = packet
         self._last_seq = seq
@@ -138,8 +156,11 @@ class TrackSink:
             packet = history[seq % NACK_HISTORY]
             # An SRTP packet's header is in clear: its bytes 2-3 are the sequence number.
             if packet is not None and (packet[2] << 8 | packet[3]) == seq:
-                self._sendto(packet, self._address)
-                sent += 1
+                try:
+                    self._send(packet)
+                    sent += 1
+                except OSError:
+                    self.dropped += 1
         return sent
 
     @property
@@ -165,8 +186,8 @@ class TrackSource:
         self._request_keyframe: Callable[[int], None] | None = None
         self._last_keyframe_request = 0.0
         self._deferred: asyncio.TimerHandle | None = None
-        self._arrival: Callable[[], float] = time.perf_counter
-        self._observe: Callable[[float], None] | None = None
+        self._arrival: Callable[[], float] = time.time
+        self._observe: Callable[[float, float, float], None] | None = None
 
     def connect_upstream(self, request_keyframe: Callable[[int], None], arrival: Callable[[], float]) -> None:
         """Bind the source to a (new) publisher; every sink resumes at that publisher's next keyframe."""
@@ -176,7 +197,9 @@ class TrackSource:
         for sink in self.sinks:
             sink.restart()
 
-    def observe_delays(self, observe: Callable[[float], None]) -> None:
+    def observe_delays(self, observe: Callable[[float, float, float], None]) -> None:
+        """``observe(arrival, start, end)`` per forwarded packet (``time.time()`` clock): the packet
+        arrived at ``arrival``, its first copy was sent after ``start`` and its last at ``end``."""
         self._observe = observe
 
     def add_sink(self, sink: TrackSink) -> None:
@@ -230,6 +253,7 @@ class TrackSource:
         marker = packet.marker
         is_keyframe = self._is_keyframe
         keyframe: bool | None = None
+        start = time.time()
         sent = 0
         for sink in self.sinks:
             if sink.resync:
@@ -238,11 +262,11 @@ class TrackSource:
                         keyframe = is_keyframe(payload)
                     if not keyframe:
                         continue
-                sink._rebase(seq, ts)
+                sink.rebase(seq, ts)
             sink.send(seq, ts, marker, payload)
             sent += 1
         stats = self.stats
         stats.packets_in += 1
         stats.packets_out += sent
         if self._observe is not None and sent:
-            self._observe(time.perf_counter() - self._arrival())
+            self._observe(self._arrival(), start, time.time())

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
+from pylibsrtp import SRTP_MAX_TRAILER_LEN
 
 
 class PacketTap(Protocol):
@@ -66,34 +69,98 @@ async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     await receiver._send_rtcp_pli(media_ssrc)
 
 
-class ArrivalClock:
-    """The monotonic time at which the datagram being handled reached the ICE connection.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+TIMESPEC = struct.Struct("@qq")
+READS_PER_WAKEUP = 64
 
-    aioice queues datagrams between its socket callback and aiortc's receive task; the time spent
-    in that queue is part of what forwarding costs, so we stamp datagrams as they arrive.
+
+class ArrivalClock:
+    """When the datagram being handled arrived: the kernel's receive timestamp (``time.time()`` clock).
+
+    A packet can wait in the socket buffer while the event loop forwards the one before it, and then in
+    aioice's queue; both waits are part of the forwarding delay. The publisher's sockets are read with
+    ``recvmsg`` and ``SO_TIMESTAMPNS`` instead of asyncio's ``recvfrom``, and each datagram's stamp
+    follows it through aioice's queue to the forwarder.
     """
 
     def __init__(self) -> None:
         self._stamps: collections.deque[float] = collections.deque()
-        self.current = time.perf_counter()
+        self._last = time.time()
+        self.current = self._last
 
     def attach(self, receiver: RTCRtpReceiver) -> None:
+        """Call once the connection has gathered its candidates (after setLocalDescription)."""
         connection: Any = receiver.transport.transport._connection
+        loop: Any = asyncio.get_running_loop()
+        for protocol in connection._protocols:
+            sock: socket.socket = protocol.transport._sock
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:
+                continue  # this socket keeps asyncio's reader; its datagrams are stamped when read
+            # asyncio's own reader for this transport is replaced; closing the transport removes ours.
+            loop._remove_reader(sock.fileno())
+            loop._add_reader(sock.fileno(), self._read, sock, protocol)
         stamps = self._stamps
         data_received = connection.data_received
         recvfrom = connection.recvfrom
 
         def stamped_data_received(data: bytes, component: int) -> None:
-            stamps.append(time.perf_counter())
+            stamps.append(self._last)
             data_received(data, component)
 
         async def stamped_recvfrom() -> tuple[bytes, int]:
             result: tuple[bytes, int] = await recvfrom()
-            self.current = stamps.popleft() if stamps else time.perf_counter()
+            self.current = stamps.popleft() if stamps else time.time()
             return result
 
         connection.data_received = stamped_data_received
         connection.recvfrom = stamped_recvfrom
+
+    def _read(self, sock: socket.socket, protocol: Any) -> None:
+        for _ in range(READS_PER_WAKEUP):
+            try:
+                data, ancillary, _, address = sock.recvmsg(2048, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                protocol.error_received(exc)
+                return
+            stamp = None
+            for level, kind, raw in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= TIMESPEC.size:
+                    seconds, nanoseconds = TIMESPEC.unpack_from(raw)
+                    stamp = seconds + nanoseconds / 1e9
+            self._last = stamp if stamp is not None else time.time()
+            protocol.datagram_received(data, address)
+
+
+class SrtpWriter:
+    """Protects a packet in place, in the pylibsrtp session's own buffer.
+
+    ``Session.protect`` copies its argument into that buffer and allocates on every call; here the
+    forwarder writes header and payload straight into ``buffer`` and gets back only the SRTP packet.
+    """
+
+    __slots__ = ("_cdata", "_ctx", "_length", "_protect", "_session", "buffer", "capacity")
+
+    def __init__(self, session: Any) -> None:
+        from pylibsrtp import _binding
+
+        self._session = session  # keeps the context alive
+        self._ctx = session._srtp[0]
+        self._cdata = session._cdata
+        self.buffer = session._buffer
+        self._protect = _binding.lib.srtp_protect
+        self._length = _binding.ffi.new("int *")
+        self.capacity = len(self.buffer) - SRTP_MAX_TRAILER_LEN
+
+    def protect(self, length: int) -> bytes | None:
+        """The SRTP packet made of the first ``length`` bytes of ``buffer``; None if libsrtp refused it."""
+        self._length[0] = length
+        if self._protect(self._ctx, self._cdata, self._length):
+            return None
+        return bytes(self.buffer[0 : self._length[0]])
 
 
 @dataclass(frozen=True)
@@ -104,8 +171,8 @@ class Egress:
     ssrc: int
     mid: str | None
     mid_extension_id: int | None
-    protect: Callable[[bytes], bytes]
-    sendto: Callable[[bytes, Any], None]
+    srtp: SrtpWriter
+    send: Callable[[bytes], int]
     address: tuple[str, int]
 
 
@@ -113,7 +180,11 @@ MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 
 
 def egress_of(transceiver: RTCRtpTransceiver) -> Egress:
-    """Resolve a connected send transceiver's negotiated codec, SRTP session and selected ICE pair."""
+    """Resolve a connected send transceiver's negotiated codec, SRTP session and selected ICE pair.
+
+    The pair's UDP socket is connected to the viewer's address: a connected socket sends without a
+    route lookup per packet, and after ICE has chosen the pair nothing else arrives on it that matters.
+    """
     sender = transceiver.sender
     dtls = sender.transport
     if dtls.state != "connected":
@@ -122,6 +193,10 @@ def egress_of(transceiver: RTCRtpTransceiver) -> Egress:
     pair: Any = dtls.transport._connection._nominated.get(1)
     if srtp is None or pair is None:
         raise ConnectionError("viewer transport has no SRTP session or selected ICE pair")
+    sock: socket.socket = pair.protocol.transport._sock
+    address = pair.remote_addr
+    if _peer_of(sock) != (address[0], address[1]):
+        sock.connect(address)
     codecs = negotiated_codecs(transceiver)
     mid_id = next((ext.id for ext in transceiver._headerExtensions if ext.uri == MID_URI), None)
     return Egress(
@@ -129,10 +204,18 @@ def egress_of(transceiver: RTCRtpTransceiver) -> Egress:
         ssrc=sender._ssrc,
         mid=transceiver.mid,
         mid_extension_id=mid_id,
-        protect=srtp.protect,
-        sendto=pair.protocol.transport.sendto,
-        address=pair.remote_addr,
+        srtp=SrtpWriter(srtp),
+        send=sock.send,
+        address=address,
     )
+
+
+def _peer_of(sock: socket.socket) -> tuple[str, int] | None:
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return None
+    return (peer[0], peer[1])
 
 
 def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParameters]:

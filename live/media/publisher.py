@@ -69,10 +69,9 @@ class Publisher:
             self.tracks.append(PublishedTrack(label, transceiver.kind, codec, transceiver))
         if not self.tracks:
             raise MediaError("bad_sdp", f"the offer sends nothing a {self.stream} stream carries")
-        if self.tracks:
-            self.arrival.attach(self.tracks[0].transceiver.receiver)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
+        self.arrival.attach(self.tracks[0].transceiver.receiver)
         return str(self.pc.localDescription.sdp)
 
     def keyframe_requester(self, track: PublishedTrack) -> Callable[[int], None]:

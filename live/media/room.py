@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 class MediaRoom:
     """Publishers and viewers of one room. Track changes are pushed to every viewer."""
 
-    def __init__(self, room_id: str, *, republish_grace_s: float, observe_delay: Callable[[float], None]) -> None:
+    def __init__(
+        self, room_id: str, *, republish_grace_s: float, observe_delay: Callable[[float, float, float], None]
+    ) -> None:
         self.room_id = room_id
         self.sources: dict[str, TrackSource] = {}
         self.publishers: dict[tuple[str, str], Publisher] = {}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from array import array
 from dataclasses import dataclass
 
+from live.media.delays import ForwardDelays
 from live.media.errors import MediaError
 from live.media.room import MediaRoom
 from live.media.viewer import OfferSender, Viewer
@@ -15,8 +15,6 @@ from rooms.errors import forbidden
 from rooms.identity import Identity
 
 log = logging.getLogger(__name__)
-
-DELAY_SAMPLES = 65_536  # forwarding delays kept for percentiles (a ring)
 
 
 @dataclass(frozen=True)
@@ -32,6 +30,7 @@ class MediaFigures:
     keyframe_requests: int
     forward_p50_ms: float | None
     forward_p99_ms: float | None
+    forward_last_copy_p99_ms: float | None
 
 
 class MediaService:
@@ -40,19 +39,14 @@ class MediaService:
     def __init__(self, *, republish_grace_s: float = 15.0) -> None:
         self.rooms: dict[str, MediaRoom] = {}
         self._grace_s = republish_grace_s
-        self._delays = array("d", bytes(8 * DELAY_SAMPLES))
-        self._delay_count = 0
+        self.delays = ForwardDelays()
         self._task: asyncio.Task[None] | None = None
         self._closed_totals = (0, 0, 0)
-
-    def _observe(self, seconds: float) -> None:
-        self._delays[self._delay_count % DELAY_SAMPLES] = seconds
-        self._delay_count += 1
 
     def room(self, room_id: str) -> MediaRoom:
         room = self.rooms.get(room_id)
         if room is None or room.closed:
-            room = MediaRoom(room_id, republish_grace_s=self._grace_s, observe_delay=self._observe)
+            room = MediaRoom(room_id, republish_grace_s=self._grace_s, observe_delay=self.delays.observe)
             self.rooms[room_id] = room
         return room
 
@@ -75,6 +69,31 @@ class MediaService:
 
     async def watch(self, who: Identity, viewer_id: str, send_offer: OfferSender) -> Viewer:
         return await self.room(who.room_id).watch(viewer_id, who.user_id, send_offer)
+
+    async def answer_viewer(self, who: Identity, viewer_id: str, offer_sdp: str) -> str:
+        """WHEP: answer a viewer's offer with the room's current tracks."""
+        room = self.rooms.get(who.room_id)
+        if room is None or not room.sources:
+            raise MediaError("not_live", "nobody is publishing in this room")
+        _, answer = await room.answer_viewer(viewer_id, offer_sdp, who.user_id)
+        return answer
+
+    async def unpublish_session(self, who: Identity, owner: str) -> bool:
+        """WHIP DELETE: stop the stream that session ``owner`` published (now, no grace period)."""
+        room = self.rooms.get(who.room_id)
+        if room is None:
+            return False
+        streams = [key[1] for key, p in room.publishers.items() if key[0] == who.user_id and p.owner == owner]
+        for stream in streams:
+            await room.unpublish(who.user_id, stream)
+        return bool(streams)
+
+    def has_session(self, room_id: str, session: str) -> bool:
+        """Whether a viewer or publisher created under ``session`` is still there."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return False
+        return session in room.viewers or any(p.owner == session for p in room.publishers.values())
 
     async def answer(self, who: Identity, viewer_id: str, answer_sdp: str) -> None:
         room = self.rooms.get(who.room_id)
@@ -102,7 +121,7 @@ class MediaService:
         self._closed_totals = (packets_in, packets_out, keyframes)
 
     # figures
-    def figures(self) -> MediaFigures:
+    def figures(self, window_s: float | None = None) -> MediaFigures:
         packets_in, packets_out, keyframes = self._closed_totals
         tracks = 0
         for room in self.rooms.values():
@@ -111,7 +130,7 @@ class MediaService:
                 packets_in += source.stats.packets_in
                 packets_out += source.stats.packets_out
                 keyframes += source.stats.keyframe_requests
-        p50, p99 = self.forward_percentiles()
+        delays = self.delays.figures(window_s)
         return MediaFigures(
             rooms=len(self.rooms),
             publishers=sum(len(r.publishers) for r in self.rooms.values()),
@@ -120,23 +139,10 @@ class MediaService:
             packets_in=packets_in,
             packets_out=packets_out,
             keyframe_requests=keyframes,
-            forward_p50_ms=p50,
-            forward_p99_ms=p99,
+            forward_p50_ms=delays.p50_ms,
+            forward_p99_ms=delays.p99_ms,
+            forward_last_copy_p99_ms=delays.last_copy_p99_ms,
         )
-
-    def forward_percentiles(self) -> tuple[float | None, float | None]:
-        """p50 and p99 forwarding delay in ms (arrival of a packet until its last viewer's copy is sent)."""
-        count = min(self._delay_count, DELAY_SAMPLES)
-        if not count:
-            return None, None
-        samples = sorted(self._delays[:count])
-        return (
-            round(samples[count // 2] * 1000, 3),
-            round(samples[min(count - 1, int(count * 0.99))] * 1000, 3),
-        )
-
-    def reset_delays(self) -> None:
-        self._delay_count = 0
 
     # housekeeping
     def start(self) -> None:
