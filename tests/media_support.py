@@ -185,3 +185,32 @@ class SocketViewer:
         for task in self._tasks:
             task.cancel()
         await self.peer.close()
+
+
+class WhepViewer:
+    """A decoding aiortc viewer that watches through WHEP, the way a player outside our pages would."""
+
+    def __init__(self) -> None:
+        self.peer = DecodingPeer()
+        self.peer.pc.addTransceiver("video", direction="recvonly")
+        self.peer.pc.addTransceiver("audio", direction="recvonly")
+        self.location: str | None = None
+
+    async def start(self, http: Any, url: str, room: str, jwt: str) -> int:
+        """POST the offer; returns the HTTP status (201 when watching)."""
+        pc = self.peer.pc
+        await pc.setLocalDescription(await pc.createOffer())
+        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {jwt}"}
+        async with http.post(f"{url}/whep/{room}", data=pc.localDescription.sdp, headers=headers) as response:
+            if response.status != 201:
+                return int(response.status)
+            self.location = response.headers["Location"]
+            answer = await response.text()
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        return 201
+
+    async def delete(self, http: Any, url: str, jwt: str) -> int:
+        """DELETE the WHEP session; the local peer connection stays open."""
+        assert self.location is not None
+        async with http.delete(f"{url}{self.location}", headers={"Authorization": f"Bearer {jwt}"}) as response:
+            return int(response.status)

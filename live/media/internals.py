@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiortc import RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc import RTCPeerConnection, RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import AnyRtcpPacket, RtpPacket
 from pylibsrtp import SRTP_MAX_TRAILER_LEN
@@ -226,6 +226,19 @@ def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list[RTCRtpCodecParamet
 def offered_direction(transceiver: RTCRtpTransceiver) -> str | None:
     """The direction a remote offer asked of this transceiver (``recvonly`` when the remote sends)."""
     return transceiver._offerDirection
+
+
+def answer_as_dtls_server(pc: RTCPeerConnection) -> None:
+    """After applying a remote offer whose DTLS role is open (``actpass``), answer ``setup:passive``.
+
+    aiortc would answer ``active`` and, as DTLS client, offer ECDSA cipher suites only, which a peer
+    with an RSA certificate (GStreamer's webrtcbin) cannot accept. As the DTLS server aiortc picks a
+    suite from the client's list, so both kinds of peers connect.
+    """
+    for transceiver in pc.getTransceivers():
+        dtls: Any = transceiver.receiver.transport
+        if dtls._role == "auto":
+            dtls._set_role("server")
 
 
 RtcpHandler = Callable[[AnyRtcpPacket], Awaitable[None]]

@@ -11,7 +11,7 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpCodecParameters, RTCRtpTransceiver, RTCSessionDescription
 
 from live.media.errors import MediaError
-from live.media.internals import ArrivalClock, negotiated_codecs, offered_direction, send_pli
+from live.media.internals import ArrivalClock, answer_as_dtls_server, negotiated_codecs, offered_direction, send_pli
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class Publisher:
             self.tracks.append(PublishedTrack(label, transceiver.kind, codec, transceiver))
         if not self.tracks:
             raise MediaError("bad_sdp", f"the offer sends nothing a {self.stream} stream carries")
+        answer_as_dtls_server(self.pc)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self.arrival.attach(self.tracks[0].transceiver.receiver)
@@ -96,5 +97,5 @@ class Publisher:
         self._closed = True
         for task in list(self._tasks):
             task.cancel()
-        await self.pc.close()
+        await asyncio.shield(self.pc.close())  # see Viewer.close
         self._on_closed(self)

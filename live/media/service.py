@@ -55,7 +55,16 @@ class MediaService:
         """Answer ``who``'s offer for one stream; ``owner`` names the connection it came through."""
         if not who.grants.publish:
             raise forbidden("publishing media")
-        return await self.room(who.room_id).publish(who.user_id, stream, offer_sdp, owner=owner)
+        room = self.room(who.room_id)
+        try:
+            return await room.publish(who.user_id, stream, offer_sdp, owner=owner)
+        except BaseException:
+            self._drop_if_idle(room)  # a refused offer leaves nothing behind
+            raise
+
+    def _drop_if_idle(self, room: MediaRoom) -> None:
+        if room.idle() and self.rooms.get(room.room_id) is room:
+            del self.rooms[room.room_id]
 
     async def disconnect_publisher(self, who: Identity, stream: str, *, owner: str) -> None:
         """``owner``'s connection is gone: close what it published, keeping the tracks for the grace period."""
@@ -68,7 +77,12 @@ class MediaService:
         return room is not None and await room.unpublish(who.user_id, stream)
 
     async def watch(self, who: Identity, viewer_id: str, send_offer: OfferSender) -> Viewer:
-        return await self.room(who.room_id).watch(viewer_id, who.user_id, send_offer)
+        room = self.room(who.room_id)
+        try:
+            return await room.watch(viewer_id, who.user_id, send_offer)
+        except BaseException:
+            self._drop_if_idle(room)
+            raise
 
     async def answer_viewer(self, who: Identity, viewer_id: str, offer_sdp: str) -> str:
         """WHEP: answer a viewer's offer with the room's current tracks."""

@@ -19,7 +19,14 @@ from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, AnyRtcpPac
 
 from live.media.errors import MediaError
 from live.media.forwarding import TrackInfo, TrackSink, TrackSource
-from live.media.internals import SilentTrack, egress_of, intercept_rtcp, negotiated_codecs, set_sender_report
+from live.media.internals import (
+    SilentTrack,
+    answer_as_dtls_server,
+    egress_of,
+    intercept_rtcp,
+    negotiated_codecs,
+    set_sender_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +196,7 @@ class Viewer:
         self._bind(sources)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            answer_as_dtls_server(self.pc)
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
         except Exception as exc:
@@ -234,7 +242,9 @@ class Viewer:
         self._closed = True
         for slot in self.slots:
             self._unbind(slot)
-        await self.pc.close()
+        # Shielded: aiortc's close() awaits a future shared by every caller, which a cancelled caller
+        # would cancel for all of them.
+        await asyncio.shield(self.pc.close())
         for slot in self.slots:
             if slot.track is not None:
                 slot.track.stop()

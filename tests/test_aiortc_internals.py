@@ -1,0 +1,130 @@
+"""live/media/internals.py leans on aiortc, aioice and pylibsrtp internals. These tests fail loudly if an
+upgrade changes them: exact pins, the private attributes and methods we touch, and their behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import re
+import socket
+import struct
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
+
+import aioice.ice
+import pylibsrtp
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from pylibsrtp import Policy, Session
+
+from live.media.internals import SO_TIMESTAMPNS, SrtpWriter
+from live.media.room import MediaRoom
+from tests.media_support import DecodingPeer, SyntheticPublisher, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_media_libraries_are_pinned_to_the_versions_installed() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for name in ("aiortc", "aioice", "pylibsrtp"):
+        pins = [d for d in deps if re.match(rf"{name}==", d)]
+        assert pins, f"{name} must be pinned exactly: live/media/internals.py uses its internals"
+        assert pins[0] == f"{name}=={version(name)}", f"installed {name} differs from the pin; re-check internals.py"
+
+
+def test_private_members_still_have_the_shapes_we_use() -> None:
+    source = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__jitter_buffer.add(packet)" in source, "the tap replaces the jitter buffer's add()"
+    assert "unwrap_rtx" in source.split("self.__jitter_buffer.add(packet)")[0], "RTX is unwrapped before the tap"
+    assert list(inspect.signature(RTCRtpReceiver._send_rtcp_pli).parameters) == ["self", "media_ssrc"]
+    assert list(inspect.signature(RTCRtpSender._handle_rtcp_packet).parameters) == ["self", "packet"]
+    run_rtcp = inspect.getsource(RTCRtpSender._run_rtcp)
+    for name in ("__ntp_timestamp", "__rtp_timestamp", "__packet_count", "__octet_count"):
+        assert f"self.{name}" in run_rtcp, f"sender reports are built from {name}"
+    assert "self._tx_srtp" in inspect.getsource(RTCDtlsTransport._send_rtp)
+    assert "self._rtp_router.route_rtcp(packet)" in inspect.getsource(RTCDtlsTransport._handle_rtcp_data)
+    assert "recipient._handle_rtcp_packet(packet)" in inspect.getsource(RTCDtlsTransport._handle_rtcp_data)
+    connection_init = inspect.getsource(aioice.ice.Connection.__init__)
+    assert "self._nominated" in connection_init and "self._protocols" in connection_init
+    assert "self.receiver.data_received(data" in inspect.getsource(aioice.ice.StunProtocol.datagram_received)
+    assert "await self.recvfrom()" in inspect.getsource(aioice.ice.Connection.recv)
+    assert "self.protocol = protocol" in inspect.getsource(aioice.ice.CandidatePair.__init__)
+    assert isinstance(aioice.ice.CandidatePair.remote_addr, property)
+    process = inspect.getsource(Session._Session__process)  # type: ignore[attr-defined]
+    assert "self._cdata" in process and "self._buffer" in process and "self._srtp[0]" in process
+    assert pylibsrtp.SRTP_MAX_TRAILER_LEN >= 16
+    loop = asyncio.new_event_loop()
+    try:
+        assert callable(loop._add_reader) and callable(loop._remove_reader)  # type: ignore[attr-defined]
+    finally:
+        loop.close()
+
+
+def test_in_place_protection_matches_the_library() -> None:
+    key = os.urandom(30)
+    ours = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    theirs = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    writer = SrtpWriter(ours)
+    for seq in range(5):
+        packet = struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, 0x1234) + os.urandom(900)
+        writer.buffer[0 : len(packet)] = packet
+        assert writer.protect(len(packet)) == theirs.protect(packet)
+
+
+async def test_forwarding_taps_receivers_and_sends_through_the_viewers_own_session() -> None:
+    """One publisher, one viewer, both aiortc: the tap gets packets, the viewer's sink is resolved on
+    a connected socket, kernel timestamps are on, and aiortc's sender reports carry our figures."""
+    delays: list[tuple[float, float, float]] = []
+    room = MediaRoom("internals", republish_grace_s=5, observe_delay=lambda *d: delays.append(d))
+    publisher = SyntheticPublisher()
+    viewer = DecodingPeer()
+    try:
+        await publisher.accept(await room.publish("teacher", "main", await publisher.offer()))
+
+        answers: list[asyncio.Task[None]] = []
+
+        async def send_offer(v: object, payload: dict[str, object]) -> None:
+            sdp = await viewer.answer(payload)
+            if sdp is not None:
+                answers.append(asyncio.ensure_future(room.accept_answer("v1", sdp)))
+
+        await room.watch("v1", "s1", send_offer)
+        await wait_for(lambda: viewer.frames["video"] > 5, 10, "decoded frames")
+        sinks = [slot.sink for slot in room.viewers["v1"].slots]
+        assert all(sink is not None and sink.packets > 0 for sink in sinks)
+
+        pub_connection = room.publishers[("teacher", "main")].tracks[0].transceiver.receiver.transport.transport
+        for protocol in pub_connection._connection._protocols:
+            sock: socket.socket = protocol.transport._sock
+            assert sock.getsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS) == 1
+        arrival, start, end = delays[-1]
+        assert 0 <= start - arrival < 1 and end >= start, "arrival is a kernel time on the time.time() clock"
+
+        slot = room.viewers["v1"].slots[0]
+        nominated = slot.transceiver.sender.transport.transport._connection._nominated[1]
+        assert nominated.protocol.transport._sock.getpeername()[:2] == tuple(nominated.remote_addr)
+
+        room.refresh_sender_reports()
+        sender = slot.transceiver.sender
+        assert sender._RTCRtpSender__packet_count == slot.sink.packets  # type: ignore[attr-defined, union-attr]
+        assert sender._RTCRtpSender__rtp_timestamp == slot.sink.last_timestamp  # type: ignore[attr-defined, union-attr]
+    finally:
+        await viewer.close()
+        await publisher.close()
+        await room.close()
+
+
+def test_a_fresh_peer_connection_has_the_attributes_we_read() -> None:
+    async def check() -> None:
+        pc = RTCPeerConnection()
+        transceiver = pc.addTransceiver("video", direction="sendonly")
+        assert transceiver._codecs == [] and transceiver._headerExtensions == []
+        assert hasattr(transceiver, "_offerDirection")
+        assert hasattr(transceiver.receiver, "_RTCRtpReceiver__jitter_buffer")
+        assert hasattr(transceiver.sender, "_ssrc")
+        assert transceiver.sender.transport._tx_srtp is None  # set once DTLS is up
+        await pc.close()
+
+    asyncio.run(check())
