@@ -103,6 +103,7 @@ export class RoomClient extends EventTarget {
       this.setConn('removed', reason ? `You were removed from this lesson: ${reason}` : MESSAGES.banned);
     });
     s.on('error', (err) => this.dispatchEvent(new CustomEvent('failure', {detail: err})));
+    s.on('media:offer', (offer) => this.dispatchEvent(new CustomEvent('media-offer', {detail: offer})));
   }
 
   refused(err) {
@@ -174,6 +175,7 @@ export class RoomClient extends EventTarget {
       if (this.buffer) break; // a gap started another join, which will cover the rest
       this.receive(ev);
     }
+    this.dispatchEvent(new CustomEvent('joined'));
   }
 
   /** A live room event: apply it if it is the next one, re-join on a gap or a new epoch. */

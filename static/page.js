@@ -1,6 +1,7 @@
 // The room (student) and studio (staff) pages. Text from users is only ever set with textContent.
 import {RoomClient, describeError, readToken} from '/static/client.js';
 import {mountMoney} from '/static/money.js';
+import {mountMedia} from '/static/media.js';
 import {mountQa} from '/static/qa.js';
 
 const $ = (id) => document.getElementById(id);
@@ -198,6 +199,7 @@ function start() {
   client.addEventListener('failure', ({detail}) => setNotice(describeError(detail)));
   mountQa(client, studio);
   mountMoney(client, studio);
+  mountMedia(client, studio);
   $('chat-form').addEventListener('submit', sendChat);
   if (studio) {
     $('go-live').addEventListener('click', () => staffAction('room:go_live', {}));
