@@ -14,6 +14,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
@@ -85,10 +86,12 @@ class Tone(MediaStreamTrack):
 class SyntheticPublisher:
     """An aiortc peer sending a moving picture and a tone (and, if asked, a second video as a screen)."""
 
-    def __init__(self, *, video: bool = True, audio: bool = True) -> None:
+    def __init__(self, *, video: bool = True, audio: bool = True, video_codec: str = "video/VP8") -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         if video:
-            self.pc.addTransceiver(MovingPicture(), direction="sendonly")
+            transceiver = self.pc.addTransceiver(MovingPicture(), direction="sendonly")
+            codecs = RTCRtpSender.getCapabilities("video").codecs
+            transceiver.setCodecPreferences([c for c in codecs if c.mimeType == video_codec])
         if audio:
             self.pc.addTransceiver(Tone(), direction="sendonly")
 

@@ -80,3 +80,41 @@ async def test_every_viewer_decodes_and_a_late_viewer_gets_a_keyframe_within_a_s
         await publisher.close()
         for m in [teacher, *students]:
             await m.close()
+
+
+async def test_h264_is_forwarded_and_a_late_viewer_starts_on_an_idr(start_app: AppFactory) -> None:
+    url, services = await start_app()
+    async with aiohttp.ClientSession() as http:
+        await http.post(f"{url}/api/rooms", json={"id": "h264", "title": "H.264"}, headers=ADMIN_AUTH)
+    teacher = Member(url, token("h264", "t1", Role.TEACHER))
+    students = [Member(url, token("h264", f"s{i}")) for i in range(2)]
+    publisher = SyntheticPublisher(video_codec="video/H264")
+    viewers: list[SocketViewer] = []
+    try:
+        for m in [teacher, *students]:
+            await m.connect()
+            await m.join()
+        ack = await teacher.call("media:publish", {"sdp": await publisher.offer()})
+        assert ack["ok"], ack
+        assert "H264/90000" in ack["sdp"] and "VP8/90000" not in ack["sdp"]
+        await publisher.accept(ack["sdp"])
+        first = SocketViewer(students[0])
+        viewers.append(first)
+        await first.watch()
+        await wait_for(lambda: first.peer.frames["video"] >= 30, 15, "H.264 frames decoded")
+        await asyncio.sleep(3)
+        late = SocketViewer(students[1])
+        viewers.append(late)
+        joined_at = time.monotonic()
+        await late.watch()
+        await wait_for(lambda: late.peer.frames["video"] > 0, 5, "the late viewer's first H.264 frame")
+        assert (late.peer.first_frame_at["video"] - joined_at) * 1000 < 1000
+        assert late.peer.sizes == {(320, 240)}
+        room = services.media.rooms["h264"]
+        assert room.sources["t1:camera"].mime_type == "video/H264"
+    finally:
+        for v in viewers:
+            await v.close()
+        await publisher.close()
+        for m in [teacher, *students]:
+            await m.close()
