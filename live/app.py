@@ -140,7 +140,7 @@ def create_app(settings: Settings) -> web.Application:
     qa.payments = gifts
     rooms.ending_hooks.append(gifts.release_room)  # paid questions left unanswered: coins go back
     checkouts = CheckoutService(db, ledger, payment_provider(settings), settings.gifts.packs)
-    media = MediaService(republish_grace_s=settings.media_republish_grace_s)
+    media = MediaService(republish_grace_s=settings.media_republish_grace_s, announce=publish)
     metrics.watch_media(media.figures)
     gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics, media)
     services = Services(

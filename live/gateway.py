@@ -262,6 +262,7 @@ class SocketGateway:
             await self.rooms.claim_teacher(room_id, who.user_id)  # the first teacher to open the room
         # Taken in one step, with this socket already in the room: every event after `position` reaches it.
         answer: dict[str, Any] = {"room": view.room.to_dict(), "me": who.me(), "position": view.position.to_dict()}
+        answer["stage"] = self.media.stage(room_id)
         chat = list(view.chat)
         history = None
         if msg.since is not None:

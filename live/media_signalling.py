@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from live.media.schemas import MAX_SDP_CHARS, MediaAnswerIn, MediaPublishIn, MediaUnpublishIn
+from live.media.schemas import MAX_SDP_CHARS, MediaAnswerIn, MediaPublishIn, MediaUnpublishIn, StageIn
 from live.media.service import MediaService
 from live.media.viewer import Viewer
 from rooms.schemas import EmptyIn
@@ -40,6 +40,8 @@ class MediaSignalling:
             "media:watch": (EmptyIn, self.watch, True),
             "media:answer": (MediaAnswerIn, self.answer, True),
             "media:leave": (EmptyIn, self.leave, True),
+            "stage:invite": (StageIn, self.invite, True),
+            "stage:remove": (StageIn, self.remove_from_stage, True),
         }
 
     async def publish(self, session: Session, msg: MediaPublishIn) -> dict[str, Any]:
@@ -70,6 +72,12 @@ class MediaSignalling:
 
     async def leave(self, session: Session, _: EmptyIn) -> dict[str, Any]:
         return {"left": await self.media.leave(session.identity.room_id, session.sid)}
+
+    async def invite(self, session: Session, msg: StageIn) -> dict[str, Any]:
+        return {"stage": await self.media.invite(session.identity, msg.user_id)}
+
+    async def remove_from_stage(self, session: Session, msg: StageIn) -> dict[str, Any]:
+        return {"stage": await self.media.remove_from_stage(session.identity, msg.user_id)}
 
     async def disconnected(self, session: Session) -> None:
         """The socket is gone: stop its viewer now; its published streams get the republish grace."""

@@ -56,6 +56,7 @@ export class RoomClient extends EventTarget {
     this.pin = null; // id of the question staff are answering now
     this.voted = new Set(); // ids of questions this user has upvoted
     this.money = []; // recent gifts and tips: every one for staff, the biggest for students
+    this.stage = []; // user ids of students invited to publish
     this.position = null; // {epoch, offset} of the last applied room event
     this.conn = {state: 'connecting', message: ''};
 
@@ -150,6 +151,7 @@ export class RoomClient extends EventTarget {
   joined(answer) {
     this.room = answer.room;
     this.me = answer.me;
+    this.stage = answer.stage || [];
     this.members = new Map(answer.members.map((m) => [m.user_id, m]));
     this.headCount = answer.head_count;
     const early = this.buffer;
@@ -204,6 +206,10 @@ export class RoomClient extends EventTarget {
       case 'member.removed':
         this.members.delete(d.user_id);
         this.emitChange('members');
+        break;
+      case 'stage.changed':
+        this.stage = d.users;
+        this.emitChange('stage');
         break;
       case 'room.status':
         this.room = d;

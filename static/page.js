@@ -79,8 +79,16 @@ function renderMembers() {
     const li = el('li', {className: 'member'}, {testid: 'member', userId: m.user_id});
     li.append(el('span', {className: 'name', textContent: m.name}));
     if (isStaff(m.role)) li.append(el('span', {className: 'role', textContent: m.role}));
+    const onStage = client.stage.includes(m.user_id);
+    if (onStage) li.append(el('span', {className: 'role', textContent: 'on stage'}, {testid: 'on-stage'}));
     if (m.user_id === me) li.append(el('span', {className: 'you', textContent: '(you)'}));
     else if (admin) {
+      if (!isStaff(m.role)) {
+        const stage = el('button', {className: 'small', textContent: onStage ? 'Back to audience' : 'Invite on stage'},
+          {testid: onStage ? 'stage-remove' : 'stage-invite'});
+        stage.addEventListener('click', () => staffAction(onStage ? 'stage:remove' : 'stage:invite', {user_id: m.user_id}));
+        li.append(stage);
+      }
       const button = el('button', {className: 'small', textContent: 'Remove', title: `Remove ${m.name}`},
         {testid: 'member-remove'});
       button.addEventListener('click', () => removeMember(m));
@@ -186,6 +194,7 @@ function start() {
       case 'conn': return renderConn();
       case 'room': return renderRoom();
       case 'members': return renderMembers();
+      case 'stage': return renderMembers();
       case 'count': return renderCount();
       case 'chat': return renderChat(detail);
       case 'reset':

@@ -74,3 +74,30 @@ async def test_teacher_goes_live_and_the_student_page_plays_it(page_server: Serv
     await t.get_by_test_id("ask-ok").click()
     await expect(s.get_by_test_id("conn-state")).to_have_attribute("data-state", "ended", timeout=15_000)
     assert not teacher.errors and not student.errors, (teacher.errors, student.errors)
+
+
+async def test_student_invited_on_stage_is_seen_in_the_studio(page_server: ServerProcess, browser: Browser) -> None:
+    teacher, student = await open_room(page_server, browser, "room-stage")
+    t, s = teacher.page, student.page
+    await t.get_by_test_id("go-live").click()
+    await expect(s.get_by_test_id("media-state")).to_have_attribute("data-state", "playing", timeout=15_000)
+    await expect(s.get_by_test_id("stage-panel")).to_be_hidden()
+
+    sam = t.get_by_test_id("member").filter(has_text="Student Sam")
+    await sam.get_by_test_id("stage-invite").click()
+    await expect(sam.get_by_test_id("on-stage")).to_be_visible()
+    await expect(s.get_by_test_id("stage-panel")).to_be_visible()
+    await expect(s.get_by_test_id("stage-state")).to_have_attribute("data-state", "live", timeout=15_000)
+
+    tile = "() => { const v = document.querySelector('[data-testid=stage-video][data-user-id=s1]');" \
+           " return v ? v.getVideoPlaybackQuality().totalVideoFrames : -1; }"
+    first = await poll(t, tile, lambda n: n > 0, "the student's video in the studio")
+    await poll(t, tile, lambda n: n > first + 10, "the student's video playing on")
+    lesson = await frames(s)
+    await wait_for_frames_to_rise(s, lesson + 10)  # the student still watches the teacher
+
+    await sam.get_by_test_id("stage-remove").click()
+    await expect(s.get_by_test_id("stage-panel")).to_be_hidden(timeout=10_000)
+    await poll(t, tile, lambda n: n == -1, "the student's tile gone")
+    assert await s.evaluate("() => window.lessonMedia.broadcaster.local") is None, "the camera is released"
+    assert not teacher.errors and not student.errors, (teacher.errors, student.errors)

@@ -28,6 +28,7 @@ class MediaRoom:
         self.sources: dict[str, TrackSource] = {}
         self.publishers: dict[tuple[str, str], Publisher] = {}
         self.viewers: dict[str, Viewer] = {}
+        self.stage: set[str] = set()  # students invited to publish
         self._grace_s = republish_grace_s
         self._observe_delay = observe_delay
         self._orphan_timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
@@ -204,8 +205,8 @@ class MediaRoom:
             viewer.refresh_sender_reports(ntp_now)
 
     def idle(self) -> bool:
-        """Nothing published, nobody watching, no publisher expected back."""
-        return not (self.publishers or self.viewers or self.sources or self._orphan_timers)
+        """Nothing published, nobody watching, nobody on stage, no publisher expected back."""
+        return not (self.publishers or self.viewers or self.sources or self._orphan_timers or self.stage)
 
     def tracks(self) -> list[dict[str, str]]:
         return [

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import StringConstraints
 
-from rooms.schemas import Inbound
+from rooms.schemas import Inbound, UserId
 
 MAX_SDP_CHARS = 32_768
 
@@ -24,6 +24,12 @@ class MediaUnpublishIn(Inbound):
     """``media:unpublish``: stop one stream, or all of them when ``stream`` is left out."""
 
     stream: Literal["main", "screen"] | None = None
+
+
+class StageIn(Inbound):
+    """``stage:invite`` and ``stage:remove``: the student concerned."""
+
+    user_id: UserId
 
 
 class MediaAnswerIn(Inbound):

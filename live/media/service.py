@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from live.media.delays import ForwardDelays
 from live.media.errors import MediaError
@@ -15,6 +17,9 @@ from rooms.errors import forbidden
 from rooms.identity import Identity
 
 log = logging.getLogger(__name__)
+
+#: Publishes a room event to every member (the room bus): ``announce(room_id, type, data)``.
+Announce = Callable[[str, str, dict[str, Any]], Awaitable[object]]
 
 
 @dataclass(frozen=True)
@@ -36,8 +41,9 @@ class MediaFigures:
 class MediaService:
     """Creates each room's ``MediaRoom`` on first use, refreshes sender reports, drops empty rooms."""
 
-    def __init__(self, *, republish_grace_s: float = 15.0) -> None:
+    def __init__(self, *, republish_grace_s: float = 15.0, announce: Announce | None = None) -> None:
         self.rooms: dict[str, MediaRoom] = {}
+        self._announce = announce
         self._grace_s = republish_grace_s
         self.delays = ForwardDelays()
         self._task: asyncio.Task[None] | None = None
@@ -53,8 +59,8 @@ class MediaService:
     # the socket and WHIP/WHEP entry points
     async def publish(self, who: Identity, stream: str, offer_sdp: str, *, owner: str | None = None) -> str:
         """Answer ``who``'s offer for one stream; ``owner`` names the connection it came through."""
-        if not who.grants.publish:
-            raise forbidden("publishing media")
+        if not (who.grants.publish or who.user_id in self.stage(who.room_id)):
+            raise forbidden("publishing media (staff may invite you on stage)")
         room = self.room(who.room_id)
         try:
             return await room.publish(who.user_id, stream, offer_sdp, owner=owner)
@@ -65,6 +71,40 @@ class MediaService:
     def _drop_if_idle(self, room: MediaRoom) -> None:
         if room.idle() and self.rooms.get(room.room_id) is room:
             del self.rooms[room.room_id]
+
+    # the stage: students invited to publish
+    def stage(self, room_id: str) -> list[str]:
+        """The students on stage in ``room_id``, sorted."""
+        room = self.rooms.get(room_id)
+        return sorted(room.stage) if room is not None else []
+
+    async def invite(self, who: Identity, user_id: str) -> list[str]:
+        """Staff invite a student on stage: they may then publish, and everyone receives them."""
+        if not who.is_staff:
+            raise forbidden("inviting on stage")
+        room = self.room(who.room_id)
+        if user_id not in room.stage:
+            room.stage.add(user_id)
+            await self._stage_changed(room)
+        return sorted(room.stage)
+
+    async def remove_from_stage(self, who: Identity, user_id: str) -> list[str]:
+        """Staff send a student back to the audience (or a student leaves the stage): their tracks stop
+        for every viewer at once."""
+        if not who.is_staff and who.user_id != user_id:
+            raise forbidden("sending someone else back to the audience")
+        room = self.rooms.get(who.room_id)
+        if room is None or user_id not in room.stage:
+            return self.stage(who.room_id)
+        room.stage.discard(user_id)
+        await room.unpublish(user_id)
+        await self._stage_changed(room)
+        self._drop_if_idle(room)
+        return sorted(room.stage)
+
+    async def _stage_changed(self, room: MediaRoom) -> None:
+        if self._announce is not None:
+            await self._announce(room.room_id, "stage.changed", {"users": sorted(room.stage)})
 
     async def disconnect_publisher(self, who: Identity, stream: str, *, owner: str) -> None:
         """``owner``'s connection is gone: close what it published, keeping the tracks for the grace period."""

@@ -94,7 +94,10 @@ class Viewer:
 
     # binding sources to slots
     def _bind(self, sources: dict[str, TrackSource]) -> bool:
-        """Match sources to slots; returns whether new transceivers (a renegotiation) are needed."""
+        """Match sources to slots; returns whether new transceivers (a renegotiation) are needed.
+
+        A viewer is never sent its own user's tracks (a teacher watching students on stage)."""
+        sources = {k: s for k, s in sources.items() if s.info.user_id != self.user_id}
         self._sources = dict(sources)
         wanted = set(sources)
         for slot in self.slots:
