@@ -24,6 +24,8 @@ from live.config import Settings
 from live.db import create_engine, migrate
 from live.gateway import SocketGateway
 from live.http_util import errors_and_headers
+from live.media.bus import LocalMediaBus, MediaBus, RedisMediaBus
+from live.media.router import MediaRouter
 from live.media.service import MediaService
 from live.media_http import MediaHttp
 from live.metrics import Metrics
@@ -79,6 +81,13 @@ def build_engine(settings: Settings) -> Engine:
     if settings.redis_url:
         return RedisEngine(settings.redis_url, history_size=settings.history_size, history_ttl_s=settings.history_ttl_s)
     return MemoryEngine(history_size=settings.history_size, history_ttl_s=settings.history_ttl_s)
+
+
+def media_bus(settings: Settings) -> MediaBus:
+    """Where rooms' media live: this process (memory engine) or the instance holding a Redis lease."""
+    if settings.redis_url:
+        return RedisMediaBus(settings.redis_url, settings.instance_id)
+    return LocalMediaBus(settings.instance_id)
 
 
 def payment_provider(settings: Settings) -> PaymentProvider:
@@ -142,7 +151,12 @@ def create_app(settings: Settings) -> web.Application:
     checkouts = CheckoutService(db, ledger, payment_provider(settings), settings.gifts.packs)
     media = MediaService(republish_grace_s=settings.media_republish_grace_s, announce=publish)
     metrics.watch_media(media.figures)
-    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics, media)
+
+    async def emit_to(event: str, data: dict[str, Any], sid: str) -> None:
+        await sio.emit(event, data, to=sid)
+
+    router = MediaRouter(media, media_bus(settings), emit_to)
+    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics, media, router)
     services = Services(
         settings,
         db,
@@ -163,7 +177,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SERVICES] = services
     AdminApi(settings, rooms, qa, gifts, Reports(db), presence).add_routes(app)
     PaymentRoutes(checkouts).add_routes(app)
-    MediaHttp(settings, media, rooms).add_routes(app)
+    MediaHttp(settings, media, router, rooms).add_routes(app)
     OpsRoutes(db, engine, metrics).add_routes(app)
     Pages(STATIC_DIR).add_routes(app)
 
@@ -173,6 +187,7 @@ def create_app(settings: Settings) -> web.Application:
         transcript.start()
         qa_recorder.start()
         media.start()
+        await router.start()
         housekeeping = asyncio.create_task(_housekeeping(services), name="housekeeping")
         log.info("live-classroom ready: engine=%s instance=%s", engine.name, settings.instance_id)
         try:
@@ -181,6 +196,7 @@ def create_app(settings: Settings) -> web.Application:
             housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
+            await router.close()
             await media.close()
             await qa.close()
             await ledger.close()

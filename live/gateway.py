@@ -19,6 +19,7 @@ from gifting.payments import CheckoutService
 from gifting.schemas import BoardGetIn, CheckoutIn, GiftSendIn, LimitsIn, PaidMessageIn, TipSendIn, WalletGetIn
 from live.auth import TokenError, verify_token
 from live.config import Settings
+from live.media.router import MediaRouter
 from live.media.service import MediaService
 from live.media_signalling import LARGE_EVENTS, MediaSignalling
 from live.metrics import Metrics
@@ -90,6 +91,7 @@ class SocketGateway:
         presence: PresenceKeeper,
         metrics: Metrics,
         media: MediaService,
+        router: MediaRouter,
     ) -> None:
         self.settings = settings
         self.sio = sio
@@ -102,7 +104,8 @@ class SocketGateway:
         self.presence = presence
         self.metrics = metrics
         self.media = media
-        self.signalling = MediaSignalling(media, self._emit_to, settings.ice_servers)
+        self.router = router
+        self.signalling = MediaSignalling(router, settings.ice_servers)
         self.follower = RoomFollower(engine, self, history_limit=settings.history_size)
         self.views = RoomViews(engine, rooms, chat, qa, history_limit=settings.history_size)
         self.sessions: dict[str, Session] = {}
@@ -262,7 +265,7 @@ class SocketGateway:
             await self.rooms.claim_teacher(room_id, who.user_id)  # the first teacher to open the room
         # Taken in one step, with this socket already in the room: every event after `position` reaches it.
         answer: dict[str, Any] = {"room": view.room.to_dict(), "me": who.me(), "position": view.position.to_dict()}
-        answer["stage"] = self.media.stage(room_id)
+        answer["stage"] = self.router.stage(room_id)
         chat = list(view.chat)
         history = None
         if msg.since is not None:
@@ -385,7 +388,9 @@ class SocketGateway:
             await self._close(sids, "removed", {"reason": pub.data.get("reason", "")})
         elif pub.type == "room.status" and pub.data.get("status") == "ended":
             await self._close(self.presence.local_sids(room_id), None, {})
-            self._spawn(self.media.end_room(room_id))
+            self._spawn(self.router.end_room(room_id))
+        elif pub.type == "stage.changed":
+            self.router.note_stage(room_id, pub.data.get("users", []))
 
     async def _deliver_versions(self, pub: Publication, split: Versions) -> None:
         """An event whose data differs by audience (rooms/audience.py): staff, author, everyone else."""

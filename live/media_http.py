@@ -15,6 +15,7 @@ from live.auth import TokenError, check_basic_auth, verify_token
 from live.config import Settings
 from live.http_util import error_response
 from live.media.errors import MediaError
+from live.media.router import MediaRouter
 from live.media.schemas import MAX_SDP_CHARS
 from live.media.service import MediaService
 from rooms.errors import RoomError
@@ -27,9 +28,10 @@ SDP = "application/sdp"
 class MediaHttp:
     """``/whip/{room}`` and ``/whep/{room}``, and their session resources."""
 
-    def __init__(self, settings: Settings, media: MediaService, rooms: RoomService) -> None:
+    def __init__(self, settings: Settings, media: MediaService, router: MediaRouter, rooms: RoomService) -> None:
         self.settings = settings
         self.media = media
+        self.router = router
         self.rooms = rooms
         # session id -> (room, user) of who created it: only they may DELETE it
         self._sessions: dict[str, tuple[str, str]] = {}
@@ -102,7 +104,7 @@ class MediaHttp:
         await self._open_room(who.room_id)
         self._prune()
         session = "whip-" + secrets.token_urlsafe(12)
-        answer = await self.media.publish(who, "main", offer, owner=session)
+        answer = await self.router.publish(who, "main", offer, owner_key=session)
         self._sessions[session] = (who.room_id, who.user_id)
         return self._created(request, "whip", session, answer)
 
@@ -113,7 +115,7 @@ class MediaHttp:
         await self._open_room(who.room_id)
         self._prune()
         session = "whep-" + secrets.token_urlsafe(12)
-        answer = await self.media.answer_viewer(who, session, offer)
+        answer = await self.router.answer_viewer(who, session, offer)
         self._sessions[session] = (who.room_id, who.user_id)
         return self._created(request, "whep", session, answer)
 
@@ -147,7 +149,7 @@ class MediaHttp:
             raise RoomError("forbidden", "this session belongs to someone else")
         del self._sessions[session]
         if session.startswith("whip-"):
-            await self.media.unpublish_session(who, session)
+            await self.router.unpublish_session(who, session)
         else:
-            await self.media.leave(who.room_id, session)
+            await self.router.leave_session(who, session)
         return web.Response(status=200)

@@ -10,15 +10,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from live.media.router import MediaRouter
 from live.media.schemas import MAX_SDP_CHARS, MediaAnswerIn, MediaPublishIn, MediaUnpublishIn, StageIn
-from live.media.service import MediaService
-from live.media.viewer import Viewer
 from rooms.schemas import EmptyIn
 
 if TYPE_CHECKING:
     from live.gateway import Session
-
-Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]
 
 #: Events whose payload is an SDP, with the byte limit that replaces LIVE_MAX_EVENT_BYTES for them.
 LARGE_EVENTS = {"media:publish": MAX_SDP_CHARS + 256, "media:answer": MAX_SDP_CHARS + 256}
@@ -27,9 +24,8 @@ LARGE_EVENTS = {"media:publish": MAX_SDP_CHARS + 256, "media:answer": MAX_SDP_CH
 class MediaSignalling:
     """The media events of one app's gateway."""
 
-    def __init__(self, media: MediaService, emit: Emit, ice_servers: tuple[str, ...]) -> None:
-        self.media = media
-        self._emit = emit
+    def __init__(self, router: MediaRouter, ice_servers: tuple[str, ...]) -> None:
+        self.router = router
         self._ice_servers = [{"urls": url} for url in ice_servers]
         self._publishing: dict[str, set[str]] = {}  # sid -> streams it published
 
@@ -45,7 +41,7 @@ class MediaSignalling:
         }
 
     async def publish(self, session: Session, msg: MediaPublishIn) -> dict[str, Any]:
-        answer = await self.media.publish(session.identity, msg.stream, msg.sdp, owner=session.sid)
+        answer = await self.router.publish(session.identity, msg.stream, msg.sdp, owner_key=session.sid)
         self._publishing.setdefault(session.sid, set()).add(msg.stream)
         return {"sdp": answer, "ice_servers": self._ice_servers}
 
@@ -55,32 +51,27 @@ class MediaSignalling:
             streams.clear()
         else:
             streams.discard(msg.stream)
-        return {"stopped": await self.media.unpublish(session.identity, msg.stream)}
+        return {"stopped": await self.router.unpublish(session.identity, msg.stream)}
 
     async def watch(self, session: Session, _: EmptyIn) -> dict[str, Any]:
-        sid = session.sid
-
-        async def send_offer(viewer: Viewer, payload: dict[str, Any]) -> None:
-            await self._emit("media:offer", payload, sid)
-
-        await self.media.watch(session.identity, sid, send_offer)
+        await self.router.watch(session.identity, session.sid)
         return {"ice_servers": self._ice_servers}
 
     async def answer(self, session: Session, msg: MediaAnswerIn) -> dict[str, Any]:
-        await self.media.answer(session.identity, session.sid, msg.sdp)
+        await self.router.answer(session.identity, session.sid, msg.sdp)
         return {}
 
     async def leave(self, session: Session, _: EmptyIn) -> dict[str, Any]:
-        return {"left": await self.media.leave(session.identity.room_id, session.sid)}
+        return {"left": await self.router.leave(session.identity, session.sid)}
 
     async def invite(self, session: Session, msg: StageIn) -> dict[str, Any]:
-        return {"stage": await self.media.invite(session.identity, msg.user_id)}
+        return {"stage": await self.router.invite(session.identity, msg.user_id)}
 
     async def remove_from_stage(self, session: Session, msg: StageIn) -> dict[str, Any]:
-        return {"stage": await self.media.remove_from_stage(session.identity, msg.user_id)}
+        return {"stage": await self.router.remove_from_stage(session.identity, msg.user_id)}
 
     async def disconnected(self, session: Session) -> None:
         """The socket is gone: stop its viewer now; its published streams get the republish grace."""
-        await self.media.leave(session.identity.room_id, session.sid)
+        await self.router.leave(session.identity, session.sid)
         for stream in self._publishing.pop(session.sid, set()):
-            await self.media.disconnect_publisher(session.identity, stream, owner=session.sid)
+            await self.router.disconnect_publisher(session.identity, stream, owner_key=session.sid)

@@ -168,7 +168,19 @@ class SocketViewer:
         self.offers: list[dict[str, Any]] = []
         self.answers: list[dict[str, Any]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.restarts = 0
         member.sio.on("media:offer", self._on_offer)
+        member.sio.on("media:restart", self._on_restart)
+
+    def _on_restart(self, payload: dict[str, Any]) -> None:
+        """The media server changed: start again with a fresh peer, as the room page does."""
+        self.restarts += 1
+        self._tasks.append(asyncio.ensure_future(self._restart()))
+
+    async def _restart(self) -> None:
+        old, self.peer = self.peer, DecodingPeer()
+        await old.close()
+        await self.watch()
 
     def _on_offer(self, payload: dict[str, Any]) -> None:
         self.offers.append(payload)
