@@ -105,6 +105,7 @@ export class RoomClient extends EventTarget {
     });
     s.on('error', (err) => this.dispatchEvent(new CustomEvent('failure', {detail: err})));
     s.on('media:offer', (offer) => this.dispatchEvent(new CustomEvent('media-offer', {detail: offer})));
+    s.on('media:restart', () => this.dispatchEvent(new CustomEvent('media-restart')));
   }
 
   refused(err) {

@@ -368,6 +368,11 @@ export function mountMedia(client, studio) {
   };
   client.addEventListener('media-offer', ({detail}) => player.offer(detail));
   client.addEventListener('joined', () => player.watch());
+  client.addEventListener('media-restart', () => {
+    // The instance hosting the room's media changed: watch and publish again there.
+    for (const stream of ['main', 'screen']) if (broadcaster.pcs[stream]) broadcaster.republish(stream);
+    player.watch();
+  });
   client.addEventListener('change', ({detail}) => {
     if (detail.what === 'count' && studio) $('viewer-count').textContent = String(Math.max(0, client.headCount - 1));
     if (detail.what === 'members') player.place();
