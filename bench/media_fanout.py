@@ -388,7 +388,7 @@ def main() -> None:
         return
     args.clip_frames = 150
     if args.quick:
-        args.step, args.max_viewers, args.hold, args.relay_max, args.clip_frames = 100, 300, 2.5, 3, 60
+        args.step, args.max_viewers, args.hold, args.relay_max, args.clip_frames = 50, 200, 2.5, 3, 60
     print(json.dumps(asyncio.run(run(args))), flush=True)
 
 
