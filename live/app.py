@@ -156,7 +156,7 @@ def create_app(settings: Settings) -> web.Application:
         await sio.emit(event, data, to=sid)
 
     router = MediaRouter(media, media_bus(settings), emit_to)
-    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics, media, router)
+    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics, router)
     services = Services(
         settings,
         db,

@@ -20,7 +20,6 @@ from gifting.schemas import BoardGetIn, CheckoutIn, GiftSendIn, LimitsIn, PaidMe
 from live.auth import TokenError, verify_token
 from live.config import Settings
 from live.media.router import MediaRouter
-from live.media.service import MediaService
 from live.media_signalling import LARGE_EVENTS, MediaSignalling
 from live.metrics import Metrics
 from live.sio_server import ACK_REQUESTED, PACKET_SIZE, ClassroomSocketServer
@@ -90,7 +89,6 @@ class SocketGateway:
         checkouts: CheckoutService,
         presence: PresenceKeeper,
         metrics: Metrics,
-        media: MediaService,
         router: MediaRouter,
     ) -> None:
         self.settings = settings
@@ -103,7 +101,6 @@ class SocketGateway:
         self.checkouts = checkouts
         self.presence = presence
         self.metrics = metrics
-        self.media = media
         self.router = router
         self.signalling = MediaSignalling(router, settings.ice_servers)
         self.follower = RoomFollower(engine, self, history_limit=settings.history_size)
@@ -426,9 +423,6 @@ class SocketGateway:
                 await self.sio.emit(event, data, to=sid)
             # Not awaited here: disconnect handlers touch presence, and the follower holds the room lock.
             self._spawn(self.sio.disconnect(sid))
-
-    async def _emit_to(self, event: str, data: dict[str, Any], sid: str) -> None:
-        await self.sio.emit(event, data, to=sid)
 
     async def emit_count(self, room_id: str, count: int) -> None:
         self.sio.broadcast("presence:count", {"count": count}, room_id)

@@ -13,7 +13,6 @@ from aiohttp import web
 
 from live.auth import TokenError, check_basic_auth, verify_token
 from live.config import Settings
-from live.http_util import error_response
 from live.media.errors import MediaError
 from live.media.router import MediaRouter
 from live.media.schemas import MAX_SDP_CHARS
@@ -33,8 +32,6 @@ class MediaHttp:
         self.media = media
         self.router = router
         self.rooms = rooms
-        # session id -> (room, user) of who created it: only they may DELETE it
-        self._sessions: dict[str, tuple[str, str]] = {}
 
     def add_routes(self, app: web.Application) -> None:
         for kind in ("whip", "whep"):
@@ -102,10 +99,8 @@ class MediaHttp:
             raise RoomError("forbidden", "your token does not allow publishing media")
         offer = await self._offer(request)
         await self._open_room(who.room_id)
-        self._prune()
         session = "whip-" + secrets.token_urlsafe(12)
         answer = await self.router.publish(who, "main", offer, owner_key=session)
-        self._sessions[session] = (who.room_id, who.user_id)
         return self._created(request, "whip", session, answer)
 
     async def whep(self, request: web.Request) -> web.Response:
@@ -113,18 +108,9 @@ class MediaHttp:
         who = await self._caller(request)
         offer = await self._offer(request)
         await self._open_room(who.room_id)
-        self._prune()
         session = "whep-" + secrets.token_urlsafe(12)
         answer = await self.router.answer_viewer(who, session, offer)
-        self._sessions[session] = (who.room_id, who.user_id)
         return self._created(request, "whep", session, answer)
-
-    def _prune(self) -> None:
-        """Forget sessions whose connection has closed on its own (failed, or the room ended)."""
-        if len(self._sessions) > 256:
-            for session, (room_id, _) in list(self._sessions.items()):
-                if not self.media.has_session(room_id, session):
-                    del self._sessions[session]
 
     async def stats(self, request: web.Request) -> web.Response:
         """Admin: this instance's media figures; ``?window_s=`` limits the delay percentiles to recent packets."""
@@ -141,15 +127,5 @@ class MediaHttp:
 
     async def delete(self, request: web.Request) -> web.Response:
         who = await self._caller(request)
-        session = request.match_info["session"]
-        owner = self._sessions.get(session)
-        if owner is None or owner[0] != who.room_id:
-            return error_response("not_found", "no such session")
-        if owner[1] != who.user_id:
-            raise RoomError("forbidden", "this session belongs to someone else")
-        del self._sessions[session]
-        if session.startswith("whip-"):
-            await self.router.unpublish_session(who, session)
-        else:
-            await self.router.leave_session(who, session)
+        await self.router.end_session(who, request.match_info["session"])
         return web.Response(status=200)

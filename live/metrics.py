@@ -41,19 +41,22 @@ class Metrics:
         self.bus_connected = Gauge("lc_bus_connected", "1 while the room bus subscriber is connected", registry=r)
         self.bus_outages = Gauge("lc_bus_outages", "Room bus outages since start", registry=r)
 
-    def watch_media(self, figures: Callable[[], Any]) -> None:
+    def watch_media(self, figures: Callable[[float], Any]) -> None:
         """Export the media service's figures (``MediaService.figures``) at each scrape."""
         self.registry.register(_MediaCollector(figures))
+
+
+METRICS_WINDOW_S = 10.0
 
 
 class _MediaCollector(Collector):
     """Reads the media figures at scrape time: the forwarder keeps plain counters, no per-packet metric calls."""
 
-    def __init__(self, figures: Callable[[], Any]) -> None:
+    def __init__(self, figures: Callable[[float], Any]) -> None:
         self._figures = figures
 
     def collect(self) -> Iterator[Any]:
-        f = self._figures()
+        f = self._figures(METRICS_WINDOW_S)
         yield GaugeMetricFamily("lc_media_rooms", "Rooms with media on this instance", value=f.rooms)
         yield GaugeMetricFamily("lc_media_publishers", "Publishing connections", value=f.publishers)
         yield GaugeMetricFamily("lc_media_viewers", "Viewing connections", value=f.viewers)
@@ -65,7 +68,7 @@ class _MediaCollector(Collector):
         )
         delay = GaugeMetricFamily(
             "lc_media_forward_ms",
-            "Forwarding delay over the last 65,536 packets: arrival until the last viewer's copy is sent",
+            "Forwarding delay of viewers' copies in the last 10 s: a packet's kernel arrival until the copy is sent",
             labels=["quantile"],
         )
         for quantile, value in (("0.5", f.forward_p50_ms), ("0.99", f.forward_p99_ms)):

@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -20,6 +21,9 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
+
+from rooms.identity import Role
+from tests.support import ADMIN_AUTH, Member, joined, token
 
 VIDEO_CLOCK = 90_000
 FPS = 30
@@ -229,3 +233,19 @@ class WhepViewer:
         assert self.location is not None
         async with http.delete(f"{url}{self.location}", headers={"Authorization": f"Bearer {jwt}"}) as response:
             return int(response.status)
+
+
+async def create_room(url: str, room_id: str) -> None:
+    """Create a room through the admin API."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/api/rooms", json={"id": room_id, "title": room_id}, headers=ADMIN_AUTH) as r:
+            assert r.status == 201, await r.text()
+
+
+async def lesson(url: str, room_id: str, students: int) -> tuple[Any, list[Any]]:
+    """A new room with its teacher (``t1``) and ``students`` students (``s0``…) connected and joined."""
+    await create_room(url, room_id)
+    teacher = Member(url, token(room_id, "t1", Role.TEACHER))
+    pupils = [Member(url, token(room_id, f"s{i}")) for i in range(students)]
+    await joined(teacher, *pupils)
+    return teacher, pupils

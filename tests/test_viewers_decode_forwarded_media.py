@@ -9,24 +9,16 @@ import time
 
 import aiohttp
 
-from rooms.identity import Role
 from tests.conftest import AppFactory
-from tests.media_support import SocketViewer, SyntheticPublisher, wait_for
-from tests.support import ADMIN_AUTH, Member, token
+from tests.media_support import SocketViewer, SyntheticPublisher, lesson, wait_for
 
 
 async def test_every_viewer_decodes_and_a_late_viewer_gets_a_keyframe_within_a_second(start_app: AppFactory) -> None:
     url, services = await start_app()
-    async with aiohttp.ClientSession() as http:
-        await http.post(f"{url}/api/rooms", json={"id": "optics", "title": "Optics"}, headers=ADMIN_AUTH)
-    teacher = Member(url, token("optics", "t1", Role.TEACHER))
-    students = [Member(url, token("optics", f"s{i}")) for i in range(6)]
+    teacher, students = await lesson(url, "optics", 6)
     publisher = SyntheticPublisher()
     viewers: list[SocketViewer] = []
     try:
-        for m in [teacher, *students]:
-            await m.connect()
-            await m.join()
         # Viewers may start watching before anyone publishes: their offer comes when the teacher does.
         for s in students[:3]:
             viewer = SocketViewer(s)
@@ -84,16 +76,10 @@ async def test_every_viewer_decodes_and_a_late_viewer_gets_a_keyframe_within_a_s
 
 async def test_h264_is_forwarded_and_a_late_viewer_starts_on_an_idr(start_app: AppFactory) -> None:
     url, services = await start_app()
-    async with aiohttp.ClientSession() as http:
-        await http.post(f"{url}/api/rooms", json={"id": "h264", "title": "H.264"}, headers=ADMIN_AUTH)
-    teacher = Member(url, token("h264", "t1", Role.TEACHER))
-    students = [Member(url, token("h264", f"s{i}")) for i in range(2)]
+    teacher, students = await lesson(url, "h264", 2)
     publisher = SyntheticPublisher(video_codec="video/H264")
     viewers: list[SocketViewer] = []
     try:
-        for m in [teacher, *students]:
-            await m.connect()
-            await m.join()
         ack = await teacher.call("media:publish", {"sdp": await publisher.offer()})
         assert ack["ok"], ack
         assert "H264/90000" in ack["sdp"] and "VP8/90000" not in ack["sdp"]

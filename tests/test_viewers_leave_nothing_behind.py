@@ -13,8 +13,8 @@ from aiortc import RTCPeerConnection
 from live.media.viewer import Viewer
 from rooms.identity import Role
 from tests.conftest import AppFactory
-from tests.media_support import SyntheticPublisher, WhepViewer, wait_for
-from tests.support import ADMIN_AUTH, Member, token
+from tests.media_support import SyntheticPublisher, WhepViewer, create_room, wait_for
+from tests.support import Member, token
 
 ROUNDS, AT_ONCE = 10, 20
 
@@ -31,7 +31,7 @@ def alive(kind: type) -> int:
 async def test_two_hundred_viewers_come_and_go_without_leaks(start_app: AppFactory) -> None:
     url, services = await start_app()
     async with aiohttp.ClientSession() as http:
-        await http.post(f"{url}/api/rooms", json={"id": "leaks", "title": "Leaks"}, headers=ADMIN_AUTH)
+        await create_room(url, "leaks")
         teacher = Member(url, token("leaks", "t1", Role.TEACHER))
         publisher = SyntheticPublisher(video=True, audio=True)
         await teacher.connect()

@@ -19,7 +19,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from rooms.identity import Role
 from tests.conftest import AppFactory
-from tests.media_support import SocketViewer, WhepViewer, wait_for
+from tests.media_support import SocketViewer, WhepViewer, create_room, wait_for
 from tests.support import ADMIN_AUTH, Member, token
 
 WHIP_DIR = Path(__file__).resolve().parent / "whip"
@@ -47,12 +47,6 @@ def whip_client_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {**os.environ, "LD_LIBRARY_PATH": str(out), "GST_DEBUG": "0"}
 
 
-async def room(url: str, room_id: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/api/rooms", json={"id": room_id, "title": room_id}, headers=ADMIN_AUTH) as r:
-            assert r.status == 201, await r.text()
-
-
 @pytest.fixture
 async def encoder_log(tmp_path: Path) -> AsyncIterator[Path]:
     yield tmp_path / "whip-client.log"
@@ -75,7 +69,7 @@ async def test_external_encoder_publishes_and_viewers_decode(
     start_app: AppFactory, whip_client_env: dict[str, str], encoder_log: Path
 ) -> None:
     url, services = await start_app()
-    await room(url, "studio")
+    await create_room(url, "studio")
     teacher = token("studio", "t1", Role.TEACHER)
     encoder = start_encoder(f"{url}/whip/studio", teacher, whip_client_env, encoder_log)
     student = Member(url, token("studio", "s-socket"))
@@ -130,8 +124,8 @@ async def offer_sdp() -> str:
 
 async def test_whip_and_whep_refusals_create_nothing(start_app: AppFactory) -> None:
     url, services = await start_app()
-    await room(url, "maths")
-    await room(url, "over")
+    await create_room(url, "maths")
+    await create_room(url, "over")
     sdp = (await offer_sdp()).encode()
     teacher = token("maths", "t1", Role.TEACHER)
 

@@ -6,8 +6,8 @@ import time
 from array import array
 from dataclasses import dataclass
 
-RING = 65_536  # packets kept
-COPY_POINTS = 10  # a packet's copies go out in a row: each tenth of the row stands for a tenth of its viewers
+RING = 16_384  # packets kept: over a minute of a camera and a microphone
+COPY_POINTS = 8  # a packet's copies go out in a row: each eighth of the row stands for an eighth of its viewers
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class DelayFigures:
 
 
 class ForwardDelays:
-    """A ring of the last 65,536 forwarded packets: how long each waited, and how long its fan-out took."""
+    """A ring of the last forwarded packets: how long each waited, and how long its fan-out took."""
 
     def __init__(self, size: int = RING) -> None:
         self._size = size

@@ -68,7 +68,6 @@ class TrackSink:
         "_ssrc",
         "_stopped_at",
         "_ts_offset",
-        "address",
         "clock_rate",
         "dropped",
         "octets",
@@ -89,7 +88,6 @@ class TrackSink:
         self._srtp = egress.srtp
         self._buffer = egress.srtp.buffer
         self._send = egress.send
-        self.address = egress.address
         self.video = video
         self.clock_rate = clock_rate
         self._history: list[bytes | None] | None = [None] * NACK_HISTORY if video else None

@@ -48,9 +48,6 @@ class _JitterBufferTap:
         self.tap(packet)
         return False, None
 
-    def remove(self, count: int) -> None:  # the real buffer's API, unused by the receiver path we keep
-        return None
-
 
 def tap_receiver(receiver: RTCRtpReceiver, tap: PacketTap) -> None:
     """Route a receiver's packets to ``tap`` instead of its jitter buffer and decoder.

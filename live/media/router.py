@@ -20,6 +20,7 @@ from live.media.bus import MediaBus
 from live.media.errors import MediaError
 from live.media.service import MediaService
 from live.media.viewer import Viewer
+from rooms.errors import RoomError
 from rooms.identity import Grants, Identity, Role
 
 log = logging.getLogger(__name__)
@@ -119,16 +120,15 @@ class MediaRouter:
         reply = await self.bus.request(owner, {"op": "unpublish", "who": identity_wire(who), "stream": stream})
         return bool(reply["stopped"])
 
-    async def unpublish_session(self, who: Identity, owner_key: str) -> bool:
+    async def end_session(self, who: Identity, session: str) -> None:
+        """WHIP/WHEP ``DELETE``, from whichever instance it reaches."""
         owner = await self.bus.owner(who.room_id)
         if owner is None:
-            return False
+            raise RoomError("not_found", "no such session")
         if owner == self.me:
-            return await self.media.unpublish_session(who, owner_key)
-        reply = await self.bus.request(
-            owner, {"op": "unpublish_session", "who": identity_wire(who), "owner_key": f"{self.me}/{owner_key}"}
-        )
-        return bool(reply["stopped"])
+            await self.media.end_session(who, session)
+        else:
+            await self.bus.request(owner, {"op": "end_session", "who": identity_wire(who), "session": session})
 
     async def disconnect_publisher(self, who: Identity, stream: str, *, owner_key: str) -> None:
         remote = self._publishing.pop((owner_key, stream), None)
@@ -183,15 +183,6 @@ class MediaRouter:
             return await self.media.answer_viewer(who, session, sdp)
         reply = await self.bus.request(owner, {"op": "whep", "who": identity_wire(who), "viewer": session, "sdp": sdp})
         return str(reply["sdp"])
-
-    async def leave_session(self, who: Identity, session: str) -> bool:
-        owner = await self.bus.owner(who.room_id)
-        if owner is None:
-            return False
-        if owner == self.me:
-            return await self.media.leave(who.room_id, session)
-        await self.bus.notify(owner, {"op": "leave", "who": identity_wire(who), "viewer": session})
-        return True
 
     async def invite(self, who: Identity, user_id: str) -> list[str]:
         owner = await self._owner(who.room_id)
@@ -248,8 +239,9 @@ class MediaRouter:
             return {"sdp": await self.media.publish(who, message["stream"], message["sdp"], owner=message["owner_key"])}
         if op == "unpublish":
             return {"stopped": await self.media.unpublish(who, message["stream"])}
-        if op == "unpublish_session":
-            return {"stopped": await self.media.unpublish_session(who, message["owner_key"])}
+        if op == "end_session":
+            await self.media.end_session(who, message["session"])
+            return {}
         if op == "disconnect_publisher":
             await self.media.disconnect_publisher(who, message["stream"], owner=message["owner_key"])
             return None

@@ -13,7 +13,7 @@ from live.media.delays import ForwardDelays
 from live.media.errors import MediaError
 from live.media.room import MediaRoom
 from live.media.viewer import OfferSender, Viewer
-from rooms.errors import forbidden
+from rooms.errors import RoomError, forbidden
 from rooms.identity import Identity
 
 log = logging.getLogger(__name__)
@@ -132,22 +132,20 @@ class MediaService:
         _, answer = await room.answer_viewer(viewer_id, offer_sdp, who.user_id)
         return answer
 
-    async def unpublish_session(self, who: Identity, owner: str) -> bool:
-        """WHIP DELETE: stop the stream that session ``owner`` published (now, no grace period)."""
+    async def end_session(self, who: Identity, session: str) -> None:
+        """WHIP/WHEP ``DELETE``: end the stream or the viewer created as ``session``, if it is ``who``'s."""
         room = self.rooms.get(who.room_id)
-        if room is None:
-            return False
-        streams = [key[1] for key, p in room.publishers.items() if key[0] == who.user_id and p.owner == owner]
-        for stream in streams:
-            await room.unpublish(who.user_id, stream)
-        return bool(streams)
-
-    def has_session(self, room_id: str, session: str) -> bool:
-        """Whether a viewer or publisher created under ``session`` is still there."""
-        room = self.rooms.get(room_id)
-        if room is None:
-            return False
-        return session in room.viewers or any(p.owner == session for p in room.publishers.values())
+        publisher = next((p for p in room.publishers.values() if p.owner == session), None) if room else None
+        viewer = room.viewers.get(session) if room else None
+        user = publisher.user_id if publisher else viewer.user_id if viewer else None
+        if room is None or user is None:
+            raise RoomError("not_found", "no such session")
+        if user != who.user_id:
+            raise forbidden("ending someone else's session")
+        if publisher is not None:
+            await room.unpublish(publisher.user_id, publisher.stream)
+        else:
+            await room.leave(session)
 
     async def answer(self, who: Identity, viewer_id: str, answer_sdp: str) -> None:
         room = self.rooms.get(who.room_id)
