@@ -27,7 +27,6 @@ class MediaSignalling:
     def __init__(self, router: MediaRouter, ice_servers: tuple[str, ...]) -> None:
         self.router = router
         self._ice_servers = [{"urls": url} for url in ice_servers]
-        self._publishing: dict[str, set[str]] = {}  # sid -> streams it published
 
     def events(self) -> dict[str, tuple[type[Any], Callable[[Session, Any], Awaitable[dict[str, Any]]], bool]]:
         return {
@@ -42,16 +41,10 @@ class MediaSignalling:
 
     async def publish(self, session: Session, msg: MediaPublishIn) -> dict[str, Any]:
         answer = await self.router.publish(session.identity, msg.stream, msg.sdp, owner_key=session.sid)
-        self._publishing.setdefault(session.sid, set()).add(msg.stream)
         return {"sdp": answer, "ice_servers": self._ice_servers}
 
     async def unpublish(self, session: Session, msg: MediaUnpublishIn) -> dict[str, Any]:
-        streams = self._publishing.get(session.sid, set())
-        if msg.stream is None:
-            streams.clear()
-        else:
-            streams.discard(msg.stream)
-        return {"stopped": await self.router.unpublish(session.identity, msg.stream)}
+        return {"stopped": await self.router.unpublish(session.identity, msg.stream, owner_key=session.sid)}
 
     async def watch(self, session: Session, _: EmptyIn) -> dict[str, Any]:
         await self.router.watch(session.identity, session.sid)
@@ -73,5 +66,4 @@ class MediaSignalling:
     async def disconnected(self, session: Session) -> None:
         """The socket is gone: stop its viewer now; its published streams get the republish grace."""
         await self.router.leave(session.identity, session.sid)
-        for stream in self._publishing.pop(session.sid, set()):
-            await self.router.disconnect_publisher(session.identity, stream, owner_key=session.sid)
+        await self.router.disconnected(session.identity, session.sid)

@@ -249,3 +249,12 @@ async def lesson(url: str, room_id: str, students: int) -> tuple[Any, list[Any]]
     pupils = [Member(url, token(room_id, f"s{i}")) for i in range(students)]
     await joined(teacher, *pupils)
     return teacher, pupils
+
+
+async def late_viewer(member: Any) -> tuple[SocketViewer, float]:
+    """``member`` starts watching now; returns its viewer and the ms until its first decoded video frame."""
+    viewer = SocketViewer(member)
+    joined_at = time.monotonic()
+    await viewer.watch()
+    await wait_for(lambda: viewer.peer.frames["video"] > 0, 5, "the late viewer's first frame")
+    return viewer, (viewer.peer.first_frame_at["video"] - joined_at) * 1000

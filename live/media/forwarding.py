@@ -18,8 +18,8 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from live.media.internals import Egress
@@ -169,17 +169,16 @@ class TrackSink:
 class TrackSource:
     """One published track and the sinks it feeds."""
 
-    def __init__(self, info: TrackInfo, *, codec_name: str, mime_type: str, clock_rate: int, codec: Any) -> None:
+    def __init__(self, info: TrackInfo, codec: RTCRtpCodecParameters) -> None:
         self.info = info
-        self.codec_name = codec_name
-        self.mime_type = mime_type
-        self.clock_rate = clock_rate
-        self.codec = codec  # aiortc RTCRtpCodecParameters, for viewers' codec preferences
+        self.codec = codec  # as negotiated with the publisher; viewers are offered exactly this codec
+        self.mime_type: str = codec.mimeType
+        self.clock_rate: int = codec.clockRate
         self.sinks: list[TrackSink] = []
         self.stats = ForwardStats()
         self.media_ssrc: int | None = None
         self._is_keyframe: Callable[[bytes], bool] | None = (
-            keyframe_detector(codec_name) if info.kind == "video" else None
+            keyframe_detector(codec.name) if info.kind == "video" else None
         )
         self._request_keyframe: Callable[[int], None] | None = None
         self._last_keyframe_request = 0.0

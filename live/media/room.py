@@ -81,17 +81,12 @@ class MediaRoom:
         source_id = f"{user_id}:{track.label}"
         source = self.sources.get(source_id)
         codec = track.codec
-        if source is not None and (source.mime_type != codec.mimeType or source.codec.parameters != codec.parameters):
+        if source is not None and (source.mime_type, source.codec.parameters) != (codec.mimeType, codec.parameters):
             self._drop_source(source_id)
             source = None
         if source is None:
-            source = TrackSource(
-                TrackInfo(source_id=source_id, user_id=user_id, label=track.label, kind=track.kind),
-                codec_name=codec.name,
-                mime_type=codec.mimeType,
-                clock_rate=codec.clockRate,
-                codec=codec,
-            )
+            info = TrackInfo(source_id=source_id, user_id=user_id, label=track.label, kind=track.kind)
+            source = TrackSource(info, codec)
             source.observe_delays(self._observe_delay)
             self.sources[source_id] = source
         arrival = publisher.arrival

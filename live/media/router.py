@@ -67,7 +67,7 @@ class MediaRouter:
         self.bus = bus
         self._emit = emit
         self._watching: dict[str, Remote] = {}  # local sid -> where its viewer lives
-        self._publishing: dict[tuple[str, str], Remote] = {}  # (local owner key, stream) -> where it lives
+        self._published: dict[str, dict[str, Remote]] = {}  # connection -> stream -> its host elsewhere
         self._stage_seen: dict[str, list[str]] = {}  # room -> stage from stage.changed events
         self._task: asyncio.Task[None] | None = None
 
@@ -95,33 +95,31 @@ class MediaRouter:
 
     # requests from local sockets and WHIP/WHEP
     async def publish(self, who: Identity, stream: str, sdp: str, *, owner_key: str) -> str:
-        owner = await self._owner(who.room_id)
-        if owner == self.me:
+        """Publish ``stream`` for ``who``; ``owner_key`` names the connection (a socket id or a WHIP
+        session), unique across instances, which later ends or disconnects it."""
+        host = await self._owner(who.room_id)
+        if host == self.me:
             return await self.media.publish(who, stream, sdp, owner=owner_key)
-        reply = await self.bus.request(
-            owner,
-            {
-                "op": "publish",
-                "who": identity_wire(who),
-                "stream": stream,
-                "sdp": sdp,
-                "owner_key": f"{self.me}/{owner_key}",
-            },
-        )
-        self._publishing[(owner_key, stream)] = Remote(who.room_id, owner)
-        return str(reply["sdp"])
+        message = {"op": "publish", "who": identity_wire(who), "stream": stream, "sdp": sdp, "owner_key": owner_key}
+        answer = str((await self.bus.request(host, message))["sdp"])
+        self._published.setdefault(owner_key, {})[stream] = Remote(who.room_id, host)
+        return answer
 
-    async def unpublish(self, who: Identity, stream: str | None) -> bool:
-        owner = await self.bus.owner(who.room_id)
-        if owner is None:
+    async def unpublish(self, who: Identity, stream: str | None, *, owner_key: str) -> bool:
+        streams = self._published.get(owner_key, {})
+        for name in [stream] if stream is not None else list(streams):
+            streams.pop(name, None)
+        host = await self.bus.owner(who.room_id)
+        if host is None:
             return False
-        if owner == self.me:
+        if host == self.me:
             return await self.media.unpublish(who, stream)
-        reply = await self.bus.request(owner, {"op": "unpublish", "who": identity_wire(who), "stream": stream})
+        reply = await self.bus.request(host, {"op": "unpublish", "who": identity_wire(who), "stream": stream})
         return bool(reply["stopped"])
 
     async def end_session(self, who: Identity, session: str) -> None:
         """WHIP/WHEP ``DELETE``, from whichever instance it reaches."""
+        self._published.pop(session, None)
         owner = await self.bus.owner(who.room_id)
         if owner is None:
             raise RoomError("not_found", "no such session")
@@ -130,21 +128,19 @@ class MediaRouter:
         else:
             await self.bus.request(owner, {"op": "end_session", "who": identity_wire(who), "session": session})
 
-    async def disconnect_publisher(self, who: Identity, stream: str, *, owner_key: str) -> None:
-        remote = self._publishing.pop((owner_key, stream), None)
-        if remote is None:
+    async def disconnected(self, who: Identity, owner_key: str) -> None:
+        """The connection ``owner_key`` is gone: what it published gets the republish grace on its host."""
+        for stream in ("main", "screen"):  # a no-op for streams it did not publish here
             await self.media.disconnect_publisher(who, stream, owner=owner_key)
-            return
-        with contextlib.suppress(MediaError):
-            await self.bus.notify(
-                remote.owner,
-                {
-                    "op": "disconnect_publisher",
-                    "who": identity_wire(who),
-                    "stream": stream,
-                    "owner_key": f"{self.me}/{owner_key}",
-                },
-            )
+        for stream, remote in self._published.pop(owner_key, {}).items():
+            message = {
+                "op": "disconnect_publisher",
+                "who": identity_wire(who),
+                "stream": stream,
+                "owner_key": owner_key,
+            }
+            with contextlib.suppress(MediaError):
+                await self.bus.notify(remote.owner, message)
 
     async def watch(self, who: Identity, sid: str) -> None:
         owner = await self._owner(who.room_id)
@@ -278,14 +274,13 @@ class MediaRouter:
 
     async def _check_owners(self) -> None:
         owners: dict[str, str | None] = {}
-        remotes = [(sid, r) for sid, r in self._watching.items()]
-        remotes += [(key[0], r) for key, r in self._publishing.items()]
-        for sid, remote in remotes:
+        used = [(sid, r) for sid, r in self._watching.items()]
+        used += [(key, r) for key, streams in self._published.items() for r in streams.values()]
+        for key, remote in used:
             if remote.room_id not in owners:
                 owners[remote.room_id] = await self.bus.owner(remote.room_id)
             if owners[remote.room_id] != remote.owner:
-                # The owner died or gave the room up: start again wherever it lives now.
-                self._watching.pop(sid, None)
-                for key in [k for k in self._publishing if k[0] == sid]:
-                    del self._publishing[key]
-                await self._emit("media:restart", {"reason": "the media server changed"}, sid)
+                # The host died or gave the room up: start again wherever it lives now.
+                self._watching.pop(key, None)
+                self._published.pop(key, None)
+                await self._emit("media:restart", {"reason": "the media server changed"}, key)
