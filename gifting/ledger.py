@@ -57,6 +57,11 @@ class _Refused(Exception):
         self.error = error
 
 
+class _GuardsPartlyApplied(_Refused):
+    """A plan's later guard refused after an earlier one changed a row: only rolling back the whole
+    transaction undoes that, so the batch is applied again one plan at a time."""
+
+
 @dataclass
 class _Pending:
     plan: Plan
@@ -116,7 +121,7 @@ class Ledger:
                 try:
                     await self._commit_batch(batch)
                 except Exception as exc:
-                    if len(batch) > 1 and isinstance(exc, SQLAlchemyError):
+                    if len(batch) > 1 and isinstance(exc, (SQLAlchemyError, _GuardsPartlyApplied)):
                         # Something the checks did not foresee: apply them one by one, so only the
                         # operation at fault fails.
                         log.warning("ledger batch of %d failed (%s); applying one by one", len(batch), exc)
@@ -135,6 +140,11 @@ class Ledger:
                 async with self._transaction() as conn:
                     outcomes, announcements = await self._apply(conn, [p.plan for p in batch])
                 break
+            except _GuardsPartlyApplied as partly:
+                if len(batch) > 1:
+                    raise
+                batch[0].future.set_exception(partly.error)
+                return
             except DBAPIError as exc:
                 if attempt + 1 < RETRIES and _retryable(exc):
                     await asyncio.sleep(0.005 * 2**attempt)
@@ -221,9 +231,20 @@ class Ledger:
                 legs = self._legs_of(plan, holds, reversals, now)
                 self._check_caps(plan, legs, spent, limits)
                 moved = _apply_legs(balances, legs)
+                for statement, error in plan.guards:
+                    # Guards run in order; a later one refusing leaves earlier ones applied in this
+                    # transaction, so the batch is retried without the plan (see _write_batches).
+                    if (await conn.execute(statement)).rowcount != 1:
+                        if statement is not plan.guards[0][0]:
+                            raise _GuardsPartlyApplied(error)
+                        raise _Refused(error)
+            except _GuardsPartlyApplied:
+                raise
             except _Refused as refused:
                 outcomes.append(refused.error)
                 continue
+            for statement in plan.effects:
+                await conn.execute(statement)
             balances.update(moved)
             result = {**plan.result, "key": plan.key, "ts": now}
             if plan.spender:

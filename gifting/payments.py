@@ -42,6 +42,8 @@ class PaidEvent:
     id: str
     type: str
     checkout_id: str | None
+    #: The provider's payment (Stripe's payment intent), kept for refunds.
+    payment_ref: str | None = None
 
 
 class PaymentProvider(Protocol):
@@ -54,6 +56,9 @@ class PaymentProvider(Protocol):
 
     def verify(self, raw_body: bytes, headers: Mapping[str, str]) -> PaidEvent:
         """The event in a webhook request, if its signature verifies; else ``bad_signature``."""
+
+    async def refund(self, payment_ref: str, amount_minor: int, key: str) -> None:
+        """Pay ``amount_minor`` of the payment back to the buyer (``key``: the provider's idempotency key)."""
 
 
 def bad_signature(why: str) -> RoomError:
@@ -74,6 +79,8 @@ class SandboxProvider:
 
     def __init__(self, secret: str) -> None:
         self.secret = secret
+        #: Refunds asked for (payment, amount, key), newest last: what a real provider would have paid.
+        self.refunds: list[tuple[str, int, str]] = []
 
     async def start_checkout(self, checkout: dict[str, Any], success_url: str, cancel_url: str) -> str:
         return f"/sandbox/checkout/{checkout['id']}"
@@ -82,9 +89,19 @@ class SandboxProvider:
         event = {
             "id": "evt_" + secrets.token_hex(12),
             "type": COMPLETED,
-            "data": {"object": {"client_reference_id": checkout_id, "payment_status": "paid"}},
+            "data": {
+                "object": {
+                    "client_reference_id": checkout_id,
+                    "payment_status": "paid",
+                    "payment_intent": "pi_sandbox_" + secrets.token_hex(8),
+                }
+            },
         }
         return json.dumps(event).encode()
+
+    async def refund(self, payment_ref: str, amount_minor: int, key: str) -> None:
+        """No real money moved, so there is nothing to pay back outside; the ledger records the refund."""
+        self.refunds.append((payment_ref, amount_minor, key))
 
     def verify(self, raw_body: bytes, headers: Mapping[str, str]) -> PaidEvent:
         header = headers.get(self.header, "")
@@ -126,7 +143,7 @@ class StripeProvider:
                     "price_data": {
                         "currency": checkout["currency"],
                         "unit_amount": checkout["amount_minor"],
-                        "product_data": {"name": f"{checkout['coins']} coins"},
+                        "product_data": {"name": checkout.get("title") or f"{checkout['coins']} coins"},
                     },
                 }
             ],
@@ -146,16 +163,28 @@ class StripeProvider:
             raise bad_signature(str(exc).split("\n")[0][:200]) from None
         return _paid_event(event.to_dict())
 
+    async def refund(self, payment_ref: str, amount_minor: int, key: str) -> None:
+        if self.client is None:
+            raise RoomError("unavailable", "Stripe is not configured (LIVE_STRIPE_API_KEY)")
+        client = self.client
+        params: Any = {"payment_intent": payment_ref, "amount": amount_minor}
+        await asyncio.to_thread(lambda: client.refunds.create(params=params, options={"idempotency_key": key}))
+
 
 def _paid_event(event: dict[str, Any]) -> PaidEvent:
     if not isinstance(event, dict) or not isinstance(event.get("id"), str):
         raise bad_signature("not an event")
-    checkout_id = None
+    checkout_id = payment_ref = None
     if event.get("type") == COMPLETED:
         obj = (event.get("data") or {}).get("object") or {}
         if obj.get("payment_status") == "paid":
             checkout_id = obj.get("client_reference_id") or (obj.get("metadata") or {}).get("checkout")
-    return PaidEvent(event["id"], str(event.get("type")), checkout_id)
+            payment_ref = obj.get("payment_intent") if isinstance(obj.get("payment_intent"), str) else None
+    return PaidEvent(event["id"], str(event.get("type")), checkout_id, payment_ref)
+
+
+class CourseOrders(Protocol):
+    async def fulfil_checkout(self, checkout: dict[str, Any], payment_ref: str | None) -> str: ...
 
 
 class CheckoutService:
@@ -167,6 +196,9 @@ class CheckoutService:
         self.ledger = ledger
         self.provider = provider
         self.packs = packs
+        #: Fulfils checkouts of course orders (gifting/orders.py), set when the app is wired.
+        self.course_orders: CourseOrders | None = None
+        self.return_url = "/room"
 
     async def start(self, buyer: Identity, pack_id: str, return_url: str) -> dict[str, Any]:
         """Open a checkout for a coin pack; returns where to send the buyer."""
@@ -208,7 +240,7 @@ class CheckoutService:
             return "duplicate"
         done = "ignored"
         if event.checkout_id is not None:
-            done = await self._fulfil(event.checkout_id)
+            done = await self._fulfil(event.checkout_id, event.payment_ref)
         try:
             async with self.db.begin() as conn:
                 values = {"id": event.id, "provider": self.provider.name, "type": event.type, "received_at": now_ms()}
@@ -217,18 +249,49 @@ class CheckoutService:
             return "duplicate"  # delivered twice at once: the ledger credited it once all the same
         return done
 
-    async def _fulfil(self, checkout_id: str) -> str:
+    async def _fulfil(self, checkout_id: str, payment_ref: str | None) -> str:
         checkout = await self.checkout(checkout_id)
         if checkout is None or checkout["provider"] != self.provider.name:
             raise RoomError("not_found", "the event pays no checkout of ours")
+        if checkout["order_id"] is not None:
+            if self.course_orders is None:
+                raise RoomError("unavailable", "course orders are not served here")
+            done = await self.course_orders.fulfil_checkout(checkout, payment_ref)
+            await self._mark_paid(checkout_id)
+            return done
         plan = ops.topup(
             f"checkout:{checkout_id}", checkout["user_id"], int(checkout["coins"]), self.provider.name, "webhook"
         )
         outcome = await self.ledger.submit(plan)
+        await self._mark_paid(checkout_id)
+        return "duplicate" if outcome.replayed else "credited"
+
+    async def _mark_paid(self, checkout_id: str) -> None:
         async with self.db.begin() as conn:
             await conn.execute(
                 update(t.checkouts)
                 .where(t.checkouts.c.id == checkout_id, t.checkouts.c.status == "open")
                 .values(status="paid", paid_at=now_ms())
             )
-        return "duplicate" if outcome.replayed else "credited"
+
+    async def start_course_checkout(self, order: dict[str, Any], title: str) -> dict[str, Any]:
+        """A checkout at the provider for a pending course order; returns where to send the buyer."""
+        checkout = {
+            "id": "co_" + secrets.token_hex(12),
+            "provider": self.provider.name,
+            "user_id": order["buyer"],
+            "room_id": order["room_id"],
+            "pack": "course",
+            "coins": 0,
+            "order_id": order["id"],
+            "amount_minor": order["amount_minor"],
+            "currency": order["currency"],
+            "status": "open",
+            "created_at": now_ms(),
+        }
+        async with self.db.begin() as conn:
+            await conn.execute(insert(t.checkouts).values(**checkout))
+            await conn.execute(update(t.orders).where(t.orders.c.id == order["id"]).values(checkout_id=checkout["id"]))
+        order["checkout_id"] = checkout["id"]
+        url = await self.provider.start_checkout({**checkout, "title": title}, self.return_url, self.return_url)
+        return {"checkout": checkout["id"], "url": url}

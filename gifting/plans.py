@@ -7,6 +7,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.sql.expression import Executable
+
+from rooms.errors import RoomError
+
 
 @dataclass(frozen=True)
 class Leg:
@@ -51,6 +55,12 @@ class Plan:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     #: Returned to the caller (and on replays), with the transfers' ids and the time.
     result: dict[str, Any] = field(default_factory=dict)
+    #: SQL statements that must each change exactly one row, in the same transaction, or the operation
+    #: is refused with the error beside it (an order's seat, a coupon claim, a refund's ceiling).
+    guards: list[tuple[Executable, RoomError]] = field(default_factory=list)
+    #: SQL statements run in the same transaction when the operation is accepted (the order row, the
+    #: entitlement, host webhooks).
+    effects: list[Executable] = field(default_factory=list)
 
     def body_hash(self) -> str:
         canonical = json.dumps({"kind": self.kind, **self.body}, sort_keys=True, separators=(",", ":"))

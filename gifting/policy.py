@@ -86,3 +86,22 @@ class GiftPolicy:
 
     def gift(self, gift_id: str) -> Gift | None:
         return next((g for g in self.catalogue if g.id == gift_id), None)
+
+
+@dataclass(frozen=True)
+class SalesPolicy:
+    """In-stream course sales: how wallet coins pay for prices in a currency, how long an unpaid order
+    holds its seat, the teacher's share, the default refund policy, and where host webhooks go."""
+
+    #: Coins per minor unit of each currency a wallet may pay in (``usd`` 1: one coin pays one cent).
+    coins_per_minor: tuple[tuple[str, int], ...] = (("usd", 1), ("eur", 1))
+    #: An unpaid (checkout) order holds its seat this long, then expires and gives it back.
+    order_hold_s: int = 600
+    teacher_share_bp: int = 7000
+    refund_days: int = 7
+    refund_max_consumed_pct: int = 20
+    host_webhook_url: str | None = None
+    host_webhook_secret: str = ""
+
+    def coin_rate(self, currency: str) -> int | None:
+        return next((rate for code, rate in self.coins_per_minor if code == currency), None)

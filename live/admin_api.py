@@ -227,6 +227,7 @@ class AdminApi:
             grants=grants,
             ttl_s=body.ttl_s,
             minor=body.minor,
+            member=body.member,
         )
         return web.json_response({"token": token, "url": self.settings.page_link(body.role, token)})
 

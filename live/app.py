@@ -14,11 +14,18 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gifting.catalogue import Catalogue
+from gifting.coupons import CouponService
 from gifting.gifts import GiftService
+from gifting.host_webhooks import HostWebhooks
 from gifting.ledger import Ledger
+from gifting.orders import OrderService
 from gifting.payments import CheckoutService, PaymentProvider, SandboxProvider, StripeProvider
 from gifting.plans import Caps
 from gifting.reports import Reports
+from gifting.sales import SalesService
+from gifting.sales_reports import SalesReports
+from gifting.seat_gate import MemorySeatGate, RedisSeatGate, SeatGate
 from live.admin_api import AdminApi
 from live.config import Settings
 from live.db import create_engine, migrate
@@ -32,6 +39,8 @@ from live.metrics import Metrics
 from live.ops import OpsRoutes
 from live.pages import Pages
 from live.payments_http import PaymentRoutes
+from live.sales_events import SalesServices
+from live.sales_http import SalesHttp
 from live.sio_server import ClassroomSocketServer
 from rooms.chat import ChatService, ChatTranscript
 from rooms.engine import Engine
@@ -71,6 +80,9 @@ class Services:
     gateway: SocketGateway
     metrics: Metrics
     media: MediaService
+    sales: SalesServices
+    webhooks: HostWebhooks
+    gate: SeatGate
 
 
 SERVICES = web.AppKey("services", Services)
@@ -88,6 +100,11 @@ def media_bus(settings: Settings) -> MediaBus:
     if settings.redis_url:
         return RedisMediaBus(settings.redis_url, settings.instance_id)
     return LocalMediaBus(settings.instance_id)
+
+
+def seat_gate(settings: Settings) -> SeatGate:
+    """Flash-sale seats: in this process (memory engine) or in Redis, shared by every instance."""
+    return RedisSeatGate(settings.redis_url) if settings.redis_url else MemorySeatGate()
 
 
 def payment_provider(settings: Settings) -> PaymentProvider:
@@ -149,6 +166,17 @@ def create_app(settings: Settings) -> web.Application:
     qa.payments = gifts
     rooms.ending_hooks.append(gifts.release_room)  # paid questions left unanswered: coins go back
     checkouts = CheckoutService(db, ledger, payment_provider(settings), settings.gifts.packs)
+    checkouts.return_url = f"{settings.base_url()}/room"
+    catalogue = Catalogue(db, settings.sales)
+    gate = seat_gate(settings)
+    sales_service = SalesService(db, catalogue, gate, publish)
+    coupons = CouponService(db, catalogue)
+    webhooks = HostWebhooks(db, settings.sales.host_webhook_url, settings.sales.host_webhook_secret)
+    orders = OrderService(
+        db, ledger, catalogue, coupons, sales_service, gate, checkouts, webhooks, settings.sales, publish
+    )
+    checkouts.course_orders = orders
+    sales = SalesServices(catalogue, sales_service, coupons, orders)
     media = MediaService(republish_grace_s=settings.media_republish_grace_s, announce=publish)
     metrics.watch_media(media.figures)
 
@@ -156,7 +184,7 @@ def create_app(settings: Settings) -> web.Application:
         await sio.emit(event, data, to=sid)
 
     router = MediaRouter(media, media_bus(settings), emit_to)
-    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics, router)
+    gateway = SocketGateway(settings, sio, engine, rooms, chat, qa, gifts, checkouts, presence, metrics, router, sales)
     services = Services(
         settings,
         db,
@@ -173,10 +201,14 @@ def create_app(settings: Settings) -> web.Application:
         gateway,
         metrics,
         media,
+        sales,
+        webhooks,
+        gate,
     )
     app[SERVICES] = services
     AdminApi(settings, rooms, qa, gifts, Reports(db), presence).add_routes(app)
     PaymentRoutes(checkouts).add_routes(app)
+    SalesHttp(settings, sales, SalesReports(db), webhooks, rooms).add_routes(app)
     MediaHttp(settings, media, router, rooms).add_routes(app)
     OpsRoutes(db, engine, metrics).add_routes(app)
     Pages(STATIC_DIR).add_routes(app)
@@ -188,6 +220,7 @@ def create_app(settings: Settings) -> web.Application:
         qa_recorder.start()
         media.start()
         await router.start()
+        webhooks.start()
         housekeeping = asyncio.create_task(_housekeeping(services), name="housekeeping")
         log.info("live-classroom ready: engine=%s instance=%s", engine.name, settings.instance_id)
         try:
@@ -197,12 +230,15 @@ def create_app(settings: Settings) -> web.Application:
             with contextlib.suppress(asyncio.CancelledError):
                 await housekeeping
             await router.close()
+            await webhooks.close()
+            await sales_service.close()
             await media.close()
             await qa.close()
             await ledger.close()
             await transcript.close()
             await qa_recorder.close()
             await engine.close()
+            await gate.close()
             await db.dispose()
 
     async def close_sockets(app: web.Application) -> None:
@@ -238,6 +274,8 @@ async def _housekeeping(s: Services) -> None:
                 # Money events whose publication a crash or an outage interrupted.
                 await s.ledger.publish_outbox(older_than_ms=OUTBOX_GRACE_MS)
                 await s.gifts.expire_holds()
+            # Unpaid course orders give their seats back on time (checked every second).
+            await s.sales.orders.expire_due()
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -32,6 +32,7 @@ def mint_token(
     grants: Grants | None = None,
     ttl_s: int = DEFAULT_TTL_S,
     minor: bool = False,
+    member: bool = False,
     now: float | None = None,
 ) -> str:
     """Sign a join token for one user in one room."""
@@ -57,6 +58,8 @@ def mint_token(
     }
     if minor:
         claims["minor"] = True
+    if member:
+        claims["member"] = True
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -97,6 +100,7 @@ def verify_token(secret: str, token: object) -> Identity:
         role=role,
         grants=Grants.from_claim(claims.get("grants")),
         minor=claims.get("minor") is True,
+        is_member=claims.get("member") is True,
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gifting.policy import DEFAULT_CATALOGUE, Gift, GiftPolicy
+from gifting.policy import DEFAULT_CATALOGUE, Gift, GiftPolicy, SalesPolicy
 from rooms.identity import Role
 from rooms.policy import ChatPolicy, QaPolicy
 
@@ -48,6 +48,7 @@ class Settings:
     chat: ChatPolicy = field(default_factory=ChatPolicy)
     qa: QaPolicy = field(default_factory=QaPolicy)
     gifts: GiftPolicy = field(default_factory=GiftPolicy)
+    sales: SalesPolicy = field(default_factory=SalesPolicy)
     payment_provider: str = "sandbox"
     sandbox_secret: str = ""
     stripe_api_key: str = ""
@@ -127,6 +128,15 @@ class Settings:
                 daily_cap=_int(env, "LIVE_SPEND_CAP_DAILY", 50_000, 1, 10**12),
                 combo_window_ms=_int(env, "LIVE_GIFT_COMBO_MS", 3000, 100, 60_000),
             ),
+            "sales": SalesPolicy(
+                coins_per_minor=_coin_rates(env),
+                order_hold_s=_int(env, "LIVE_ORDER_HOLD_S", 600, 10, 86_400),
+                teacher_share_bp=_int(env, "LIVE_COURSE_TEACHER_SHARE_PCT", 70, 0, 100) * 100,
+                refund_days=_int(env, "LIVE_REFUND_DAYS", 7, 0, 365),
+                refund_max_consumed_pct=_int(env, "LIVE_REFUND_MAX_CONSUMED_PCT", 20, 0, 100),
+                host_webhook_url=_webhook_url(env),
+                host_webhook_secret=env.get("LIVE_HOST_WEBHOOK_SECRET") or _local_secret(data_dir, "webhook_secret"),
+            ),
             "media_republish_grace_s": _int(env, "LIVE_MEDIA_REPUBLISH_GRACE_S", 15, 0, 600),
             "ice_servers": _ice_servers(env),
             "log_level": _choice(env, "LIVE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -166,6 +176,31 @@ def _catalogue(env: dict[str, str]) -> tuple[Gift, ...]:
     if len({g.id for g in gifts}) != len(gifts):
         raise ConfigError("LIVE_GIFT_CATALOGUE: gift ids must be unique")
     return gifts
+
+
+def _coin_rates(env: dict[str, str]) -> tuple[tuple[str, int], ...]:
+    """``LIVE_COIN_RATES``: ``usd:1,eur:1`` (coins per minor unit of each currency wallets pay in)."""
+    raw = env.get("LIVE_COIN_RATES", "usd:1,eur:1")
+    rates = []
+    for part in (p.strip() for p in raw.split(",") if p.strip()):
+        code, _, rate = part.partition(":")
+        if (
+            len(code) != 3
+            or not code.isalpha()
+            or not code.islower()
+            or not rate.isdigit()
+            or not 1 <= int(rate) <= 10_000
+        ):
+            raise ConfigError(f"LIVE_COIN_RATES: {part!r} is not like usd:1 (a lowercase currency and 1-10000 coins)")
+        rates.append((code, int(rate)))
+    return tuple(rates)
+
+
+def _webhook_url(env: dict[str, str]) -> str | None:
+    url = env.get("LIVE_HOST_WEBHOOK_URL") or None
+    if url is not None and urlsplit(url).scheme not in ("http", "https"):
+        raise ConfigError("LIVE_HOST_WEBHOOK_URL must be an http:// or https:// URL")
+    return url
 
 
 def _ice_servers(env: dict[str, str]) -> tuple[str, ...]:

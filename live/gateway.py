@@ -16,12 +16,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from gifting.gifts import GiftService
 from gifting.payments import CheckoutService
+from gifting.sales import SalesView
 from gifting.schemas import BoardGetIn, CheckoutIn, GiftSendIn, LimitsIn, PaidMessageIn, TipSendIn, WalletGetIn
 from live.auth import TokenError, verify_token
 from live.config import Settings
 from live.media.router import MediaRouter
 from live.media_signalling import LARGE_EVENTS, MediaSignalling
 from live.metrics import Metrics
+from live.sales_events import VIEW_PART, SalesEvents, SalesServices
 from live.sio_server import ACK_REQUESTED, PACKET_SIZE, ClassroomSocketServer
 from rooms.audience import SKIP, Versions, versions, wire_for
 from rooms.chat import ChatService
@@ -90,6 +92,7 @@ class SocketGateway:
         presence: PresenceKeeper,
         metrics: Metrics,
         router: MediaRouter,
+        sales: SalesServices,
     ) -> None:
         self.settings = settings
         self.sio = sio
@@ -104,7 +107,10 @@ class SocketGateway:
         self.router = router
         self.signalling = MediaSignalling(router, settings.ice_servers)
         self.follower = RoomFollower(engine, self, history_limit=settings.history_size)
-        self.views = RoomViews(engine, rooms, chat, qa, history_limit=settings.history_size)
+        self.views = RoomViews(
+            engine, rooms, chat, qa, history_limit=settings.history_size, parts={VIEW_PART: SalesView(sales.sales)}
+        )
+        self.sales = SalesEvents(sales, self.views, presence)
         self.sessions: dict[str, Session] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._register()
@@ -140,6 +146,7 @@ class SocketGateway:
             "board:get": (BoardGetIn, self._board_get, True),
         }
         events.update(self.signalling.events())
+        events.update(self.sales.events())
         self._known_events = set(events)
         for name, (schema, handler, needs_join) in events.items():
             limit = LARGE_EVENTS.get(name, self.settings.max_event_bytes)
@@ -263,6 +270,7 @@ class SocketGateway:
         # Taken in one step, with this socket already in the room: every event after `position` reaches it.
         answer: dict[str, Any] = {"room": view.room.to_dict(), "me": who.me(), "position": view.position.to_dict()}
         answer["stage"] = self.router.stage(room_id)
+        answer["sales"] = view.parts.get(VIEW_PART)
         chat = list(view.chat)
         history = None
         if msg.since is not None:

@@ -44,3 +44,4 @@ class TokenIn(AdminIn):
     ttl_s: Annotated[int, Field(ge=60, le=MAX_TTL_S)] = DEFAULT_TTL_S
     grants: Grants | None = None
     minor: bool = False
+    member: bool = False

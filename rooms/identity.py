@@ -73,6 +73,8 @@ class Identity:
     role: Role
     grants: Grants
     minor: bool = False
+    #: A member of the host's membership programme: pays a course's member price.
+    is_member: bool = False
 
     @property
     def is_staff(self) -> bool:

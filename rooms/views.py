@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from rooms.audience import question_for
 from rooms.chat import ChatService
@@ -65,6 +65,15 @@ class QaView:
         return shown
 
 
+class ViewPart(Protocol):
+    """State that another package keeps in each room view (gifting/sales.py: the course card)."""
+
+    async def load(self, room_id: str) -> Any: ...
+
+    def apply(self, state: Any, pub: Publication) -> Any:
+        """The state after ``pub`` (a publication after the view's position)."""
+
+
 @dataclass
 class RoomView:
     """One room as this instance knows it, at ``position``."""
@@ -74,6 +83,9 @@ class RoomView:
     qa: QaView
     chat: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT_CHAT))
     banned: set[str] = field(default_factory=set)
+    #: Each view part's state, by name, and the parts that fold publications into it.
+    parts: dict[str, Any] = field(default_factory=dict)
+    part_types: dict[str, ViewPart] = field(default_factory=dict)
 
     def apply(self, pub: Publication) -> None:
         """Fold in the next publication; earlier ones (already in the view) are ignored."""
@@ -81,6 +93,8 @@ class RoomView:
         if pub.epoch != self.position.epoch or pub.offset <= self.position.offset:
             return
         self.position = StreamPosition(pub.epoch, pub.offset)
+        for name, part in self.part_types.items():
+            self.parts[name] = part.apply(self.parts[name], pub)
         if pub.type == "chat.message":
             self.chat.append(pub.data)
         elif pub.type == "chat.deleted":
@@ -97,8 +111,15 @@ class RoomViews:
     """The views of the rooms this instance follows."""
 
     def __init__(
-        self, engine: Engine, rooms: RoomService, chat: ChatService, qa: QuestionService, history_limit: int
+        self,
+        engine: Engine,
+        rooms: RoomService,
+        chat: ChatService,
+        qa: QuestionService,
+        history_limit: int,
+        parts: dict[str, ViewPart] | None = None,
     ) -> None:
+        self.parts = parts or {}
         self.engine = engine
         self.rooms = rooms
         self.chat = chat
@@ -131,6 +152,11 @@ class RoomViews:
             qa = QaView.from_snapshot(await self.qa.snapshot(room_id))
             view = RoomView(room, history.position, qa, banned=await self.rooms.banned_users(room_id))
             view.chat.extend(await self.chat.recent(room_id, history, RECENT_CHAT))
+            # Loaded after following began: publications that arrived meanwhile are folded in below, and
+            # folding one in twice leaves the same state (each part's events carry whole states).
+            for name, part in self.parts.items():
+                view.parts[name] = await part.load(room_id)
+            view.part_types = self.parts
             for pub in self._arrived[room_id]:
                 view.apply(pub)
             self._views[room_id] = view

@@ -1,0 +1,614 @@
+"""Course orders: buy from the wallet or through the payment provider, expire unpaid ones, refund.
+
+An order is ``pending`` (paying through the provider's checkout: its seat is held until ``expires_at``),
+``paid``, ``expired`` (unpaid in time: its seat and coupon claim go back) or ``refunded`` (in full).
+
+A wallet purchase is one ledger operation: the money, the order row (paid at once), the sale's and the
+course's seat counts (guarded), the coupon claim, the entitlement and the host webhooks are written in one
+transaction or not at all. A flash sale's seats pass the seat gate first (gifting/seat_gate.py), so a sale
+that thousands of students hit at once costs SQL only for the buyers who got a seat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.expression import Executable
+
+from gifting import accounts as acct
+from gifting import tables as t
+from gifting.catalogue import Catalogue, Course
+from gifting.coupons import CouponService
+from gifting.host_webhooks import HostWebhooks, webhook_row
+from gifting.ledger import Ledger
+from gifting.payments import CheckoutService
+from gifting.plans import Leg, Plan
+from gifting.policy import SalesPolicy
+from gifting.pricing import Quote, quote
+from gifting.sales import Publisher, SalesService, sale_is_open
+from gifting.seat_gate import SeatGate, Take
+from rooms.engine import now_ms
+from rooms.errors import RoomError, forbidden
+from rooms.identity import Identity
+from rooms.service import Room, RoomStatus
+from rooms.tables import autocommit
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+#: Order fields the buyer and staff see.
+PUBLIC = (
+    "id",
+    "buyer",
+    "buyer_name",
+    "key",
+    "room_id",
+    "course_id",
+    "sale_id",
+    "list_price_minor",
+    "discount_minor",
+    "amount_minor",
+    "currency",
+    "method",
+    "status",
+    "refunded_minor",
+    "refund_days",
+    "refund_max_consumed_pct",
+    "created_at",
+    "expires_at",
+    "paid_at",
+    "closed_at",
+)
+
+
+@dataclass(frozen=True)
+class BuyRequest:
+    """A student's buy: the idempotency key makes repeating it return the same order."""
+
+    course_id: str
+    method: str
+    key: str
+    coupon_id: str | None = None
+    accept_refund_policy: bool = False
+
+    def body_hash(self) -> str:
+        body = {"course": self.course_id, "method": self.method, "coupon": self.coupon_id}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def public(order: dict[str, Any]) -> dict[str, Any]:
+    return {k: order[k] for k in PUBLIC}
+
+
+class OrderService:
+    """Buying, paying, expiring and refunding course orders."""
+
+    def __init__(
+        self,
+        db: AsyncEngine,
+        ledger: Ledger,
+        catalogue: Catalogue,
+        coupons: CouponService,
+        sales: SalesService,
+        gate: SeatGate,
+        checkouts: CheckoutService,
+        webhooks: HostWebhooks,
+        policy: SalesPolicy,
+        publish: Publisher,
+    ) -> None:
+        self.db = db
+        self.reads = autocommit(db)
+        self.ledger = ledger
+        self.catalogue = catalogue
+        self.coupons = coupons
+        self.sales = sales
+        self.gate = gate
+        self.checkouts = checkouts
+        self.webhooks = webhooks
+        self.policy = policy
+        self.publish = publish
+        self._dialect = postgresql if db.dialect.name == "postgresql" else sqlite
+
+    # buying
+    async def buy(
+        self, buyer: Identity, room: Room, request: BuyRequest, card: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Place an order for a course the room sells; ``card`` is the room's sales state as this instance
+        knows it (a flash sale on the course applies while it is open)."""
+        if not buyer.grants.buy:
+            raise forbidden("buying courses")
+        if buyer.minor:
+            raise RoomError("minor", "spending is turned off for this account")
+        if room.status is RoomStatus.ENDED:
+            raise RoomError("room_ended", "this lesson has ended")
+        if request.method not in ("wallet", "checkout"):
+            raise RoomError("invalid", "method is wallet or checkout")
+        if not request.accept_refund_policy:
+            raise RoomError("policy_not_accepted", "accept the course's refund policy to buy it")
+        now = now_ms()
+        sale = (card or {}).get("sale")
+        if not (sale_is_open(sale, now) and sale is not None and sale["course_id"] == request.course_id):
+            return await self._buy(buyer, room, request, None)
+        # A flash sale: the gate first, so the buyers who get no seat cost no SQL.
+        taken = await self.gate.take(sale["id"], buyer.user_id, 1)
+        if taken.outcome is Take.MISSING:
+            await self.sales.ensure_gate(sale["id"])
+            taken = await self.gate.take(sale["id"], buyer.user_id, 1)
+        if taken.outcome is Take.SOLD_OUT:
+            raise RoomError("sold_out", "every seat of this sale is taken", seats_left=0)
+        if taken.outcome is Take.HOLDING:
+            existing = await self._by_key(buyer.user_id, request.key)
+            if existing is not None:
+                return self._replay(existing, request)
+            raise RoomError("limit_reached", "you already have an order in this sale")
+        self.sales.seats_changed(room.id, sale["id"])
+        try:
+            return await self._buy(buyer, room, request, sale)
+        except BaseException:
+            await self.gate.give_back(sale["id"], buyer.user_id)
+            raise
+
+    async def _buy(
+        self, buyer: Identity, room: Room, request: BuyRequest, sale: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        existing = await self._by_key(buyer.user_id, request.key)
+        if existing is not None:
+            return self._replay(existing, request)
+        course = await self.catalogue.sellable(room.id, request.course_id)
+        teacher = course.teacher_id or room.teacher_id
+        if teacher is None:
+            raise RoomError("no_teacher", "this room has no teacher to receive the payment yet")
+        if teacher == buyer.user_id:
+            raise RoomError("invalid", "you cannot buy your own course")
+        rate = self.policy.coin_rate(course.currency)
+        if rate is None:
+            raise RoomError("unsupported_currency", f"{course.currency} cannot be paid here (LIVE_COIN_RATES)")
+        coupon, claim_id = None, None
+        if request.coupon_id is not None:
+            coupon, claim_id = await self.coupons.unused_claim(buyer.user_id, request.coupon_id)
+            if coupon["course_id"] not in (None, course.id) or coupon["currency"] not in (None, course.currency):
+                raise RoomError("coupon_not_applicable", "this coupon does not apply to this course")
+        price = quote(
+            course.price_minor,
+            member_price=course.member_price_minor,
+            is_member=buyer.is_member,
+            sale_price=sale["price_minor"] if sale is not None else None,
+            coupon=coupon,
+        )
+        now = now_ms()
+        order = {
+            "id": "ord_" + secrets.token_hex(8),
+            "buyer": buyer.user_id,
+            "buyer_name": buyer.name,
+            "key": request.key,
+            "body_hash": request.body_hash(),
+            "room_id": room.id,
+            "course_id": course.id,
+            "sale_id": sale["id"] if sale is not None else None,
+            "claim_id": claim_id,
+            "teacher_id": teacher,
+            "teacher_share_bp": self.policy.teacher_share_bp,
+            "list_price_minor": price.list_price,
+            "discount_minor": price.discount,
+            "amount_minor": price.amount,
+            "currency": course.currency,
+            "method": request.method,
+            "coins_per_minor": rate,
+            "checkout_id": None,
+            "payment_ref": None,
+            "refunded_minor": 0,
+            "refund_days": course.refund_days,
+            "refund_max_consumed_pct": course.refund_max_consumed_pct,
+            "created_at": now,
+            "paid_at": None,
+            "closed_at": None,
+        }
+        try:
+            if request.method == "wallet" or price.amount == 0:
+                order.update(method="wallet", status="paid", paid_at=now, expires_at=now)
+                await self._pay_from_wallet(order, course, price)
+                answer = {"order": public(order), "quote": price.to_dict()}
+            else:
+                order.update(status="pending", expires_at=now + self.policy.order_hold_s * 1000)
+                await self._hold_seat(order, course)
+                answer = {
+                    "order": public(order),
+                    "quote": price.to_dict(),
+                    **await self.checkouts.start_course_checkout(order, course.title),
+                }
+        except RoomError as exc:
+            if exc.code not in ("conflict", "already_owned"):
+                raise
+            # The same key sent twice at once: the first order is the answer to both.
+            existing = await self._by_key(buyer.user_id, request.key)
+            if existing is not None:
+                return self._replay(existing, request)
+            if exc.code == "already_owned":
+                raise
+            # A UNIQUE index refused the order: a second order in the sale.
+            raise RoomError("limit_reached", "you already have an order in this sale") from None
+        await self._announce(order)
+        return answer
+
+    def _seat_guards(self, order: dict[str, Any], course: Course) -> list[tuple[Executable, RoomError]]:
+        guards: list[tuple[Executable, RoomError]] = []
+        now = order["created_at"]
+        if order["sale_id"] is not None:
+            s = t.flash_sales
+            guards.append(
+                (
+                    update(s)
+                    .where(
+                        s.c.id == order["sale_id"],
+                        s.c.seats_taken < s.c.seats,
+                        s.c.stopped_at.is_(None),
+                        s.c.opens_at <= now,
+                        s.c.ends_at > now,
+                    )
+                    .values(seats_taken=s.c.seats_taken + 1),
+                    RoomError("sold_out", "every seat of this sale is taken", seats_left=0),
+                )
+            )
+        if course.seats is not None:
+            c = t.courses
+            guards.append(
+                (
+                    update(c)
+                    .where(c.c.id == course.id, c.c.seats_taken < c.c.seats)
+                    .values(seats_taken=c.c.seats_taken + 1),
+                    RoomError("sold_out", "every seat of this course is taken", seats_left=0),
+                )
+            )
+        if order["claim_id"] is not None:
+            cc = t.coupon_claims
+            guards.append(
+                (
+                    update(cc)
+                    .where(cc.c.id == order["claim_id"], cc.c.order_id.is_(None))
+                    .values(order_id=order["id"]),
+                    RoomError("coupon_used", "that coupon claim was used on another order"),
+                )
+            )
+        return guards
+
+    def _grant(self, order: dict[str, Any], now: int) -> tuple[Executable, RoomError]:
+        """The entitlement, as a guard: it changes a row only if the buyer does not own the course."""
+        e = t.entitlements
+        stmt = self._dialect.insert(e).values(
+            user_id=order["buyer"],
+            course_id=order["course_id"],
+            order_id=order["id"],
+            status="active",
+            consumed_pct=0,
+            granted_at=now,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["user_id", "course_id"],
+            set_={
+                "order_id": order["id"],
+                "status": "active",
+                "consumed_pct": 0,
+                "granted_at": now,
+                "revoked_at": None,
+            },
+            where=e.c.status == "revoked",
+        )
+        return stmt, RoomError("already_owned", "you already own this course")
+
+    def _paid_webhooks(self, order: dict[str, Any], now: int) -> list[Executable]:
+        return [
+            webhook_row("order.paid", public(order), now),
+            webhook_row(
+                "entitlement.granted",
+                {"user_id": order["buyer"], "course_id": order["course_id"], "order_id": order["id"]},
+                now,
+            ),
+        ]
+
+    def _legs(self, order: dict[str, Any], payer: str) -> list[Leg]:
+        coins = order["amount_minor"] * order["coins_per_minor"]
+        shares = [
+            (acct.earnings(order["teacher_id"]), order["teacher_share_bp"]),
+            (acct.PLATFORM, 10_000 - order["teacher_share_bp"]),
+        ]
+        return [Leg(payer, to, amount) for to, amount in acct.split(coins, shares)] if coins else []
+
+    async def _pay_from_wallet(self, order: dict[str, Any], course: Course, price: Quote) -> None:
+        now = order["created_at"]
+        plan = Plan(
+            key=f"order:{order['id']}",
+            kind="course",
+            body={"order": order["id"], "coins": order["amount_minor"] * order["coins_per_minor"]},
+            actor=order["buyer"],
+            actor_name=order["buyer_name"],
+            room_id=order["room_id"],
+            legs=self._legs(order, acct.wallet(order["buyer"])),
+            guards=[self._grant(order, now), *self._seat_guards(order, course)],
+            effects=[insert(t.orders).values(**order), *self._paid_webhooks(order, now)],
+            result={"order": order["id"]},
+        )
+        await self.ledger.submit(plan)
+        self.webhooks.wake()
+
+    async def _hold_seat(self, order: dict[str, Any], course: Course) -> None:
+        """A pending order: its seat and coupon claim are taken now, its money comes by webhook."""
+        await self._require_not_owned(order["buyer"], course.id)
+        async with self.db.begin() as conn:
+            try:
+                await conn.execute(insert(t.orders).values(**order))
+            except IntegrityError:  # a UNIQUE index: see _buy
+                raise RoomError("conflict", "this order conflicts with another") from None
+            for statement, error in self._seat_guards(order, course):
+                if (await conn.execute(statement)).rowcount != 1:
+                    raise error
+
+    async def _require_not_owned(self, user_id: str, course_id: str) -> None:
+        e = t.entitlements
+        async with self.reads.connect() as conn:
+            row = (
+                await conn.execute(select(e.c.status).where(e.c.user_id == user_id, e.c.course_id == course_id))
+            ).first()
+        if row is not None and row.status == "active":
+            raise RoomError("already_owned", "you already own this course")
+
+    async def fulfil_checkout(self, checkout: dict[str, Any], payment_ref: str | None) -> str:
+        """The provider's verified webhook says the order's checkout is paid."""
+        order = await self.get(str(checkout["order_id"]))
+        if order is None:
+            raise RoomError("not_found", "the checkout pays no order")
+        now = now_ms()
+        o = t.orders
+        paid = {**order, "status": "paid", "paid_at": now, "payment_ref": payment_ref}
+        plan = Plan(
+            key=f"order:{order['id']}",
+            kind="course",
+            body={"order": order["id"], "coins": order["amount_minor"] * order["coins_per_minor"]},
+            actor="webhook",
+            room_id=order["room_id"],
+            legs=self._legs(order, acct.world(checkout["provider"])),
+            guards=[
+                (
+                    update(o)
+                    .where(o.c.id == order["id"], o.c.status == "pending")
+                    .values(status="paid", paid_at=now, payment_ref=payment_ref),
+                    RoomError("order_expired", "the order expired before its payment arrived"),
+                ),
+                self._grant(order, now),
+            ],
+            effects=self._paid_webhooks(paid, now),
+            result={"order": order["id"]},
+        )
+        try:
+            outcome = await self.ledger.submit(plan)
+        except RoomError as exc:
+            if exc.code not in ("order_expired", "already_owned"):
+                raise
+            # Paid too late (or twice over): the money goes straight back the way it came.
+            log.warning("order %s paid after it %s; refunding the payment", order["id"], exc.code)
+            if payment_ref is not None:
+                await self.checkouts.provider.refund(payment_ref, order["amount_minor"], f"late-{order['id']}")
+            return "refunded_late"
+        self.webhooks.wake()
+        if not outcome.replayed:
+            await self._announce(paid)
+        return "duplicate" if outcome.replayed else "paid"
+
+    # expiry
+    async def expire_due(self, limit: int = 200) -> int:
+        """Expire pending orders past their time: each gives back its seat and its coupon claim."""
+        o = t.orders
+        async with self.reads.connect() as conn:
+            due = [
+                dict(r._mapping)
+                for r in await conn.execute(
+                    select(o).where(o.c.status == "pending", o.c.expires_at <= now_ms()).limit(limit)
+                )
+            ]
+        expired = 0
+        for order in due:
+            if await self._expire(order):
+                expired += 1
+        return expired
+
+    async def _expire(self, order: dict[str, Any]) -> bool:
+        o, s, c, cc = t.orders, t.flash_sales, t.courses, t.coupon_claims
+        now = now_ms()
+        async with self.db.begin() as conn:
+            done = await conn.execute(
+                update(o).where(o.c.id == order["id"], o.c.status == "pending").values(status="expired", closed_at=now)
+            )
+            if done.rowcount != 1:
+                return False  # paid or expired meanwhile
+            if order["sale_id"] is not None:
+                await conn.execute(update(s).where(s.c.id == order["sale_id"]).values(seats_taken=s.c.seats_taken - 1))
+            await conn.execute(
+                update(c)
+                .where(c.c.id == order["course_id"], c.c.seats.is_not(None))
+                .values(seats_taken=c.c.seats_taken - 1)
+            )
+            await conn.execute(update(cc).where(cc.c.order_id == order["id"]).values(order_id=None))
+        if order["sale_id"] is not None:
+            await self.gate.give_back(order["sale_id"], order["buyer"])
+            self.sales.seats_changed(order["room_id"], order["sale_id"])
+        await self._announce({**order, "status": "expired", "closed_at": now})
+        return True
+
+    # refunds
+    async def refund(
+        self, actor: Identity | None, order_id: str, amount_minor: int | None, reason: str, key: str
+    ) -> dict[str, Any]:
+        """Refund an order. A student may refund their own order, in full, within the policy they accepted;
+        staff of the order's room and the admin API (``actor`` None) any paid order, in part or in full.
+        The money goes back the way it came: to the wallet, or through the payment provider."""
+        order = await self.get(order_id)
+        if order is None:
+            raise RoomError("not_found", "no such order")
+        reason = reason.strip()
+        if not 1 <= len(reason) <= 500:
+            raise RoomError("invalid", "a refund needs a reason of 1-500 characters")
+        if actor is not None and actor.room_id != order["room_id"]:
+            raise RoomError("not_found", "no such order")
+        if order["status"] != "paid":
+            raise RoomError("invalid_state", f"the order is {order['status']}", status=order["status"])
+        remaining = order["amount_minor"] - order["refunded_minor"]
+        if amount_minor is None:
+            amount_minor = remaining
+        if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
+            raise RoomError("bad_amount", "a refund is a positive whole number of minor units")
+        if amount_minor > remaining:
+            raise RoomError("refund_exceeds_paid", f"at most {remaining} can still be refunded", refundable=remaining)
+        if actor is not None and not actor.is_staff:
+            await self._check_student_refund(actor, order, amount_minor)
+        refund_id = "rfd_" + secrets.token_hex(8)
+        before, after = order["refunded_minor"], order["refunded_minor"] + amount_minor
+        full = after == order["amount_minor"]
+        now = now_ms()
+        o, e = t.orders, t.entitlements
+        status = "refunded" if full else "paid"
+        effects: list[Executable] = [
+            insert(t.refunds).values(
+                id=refund_id,
+                order_id=order_id,
+                amount_minor=amount_minor,
+                reason=reason,
+                actor=actor.user_id if actor is not None else "admin",
+                status="done",
+                created_at=now,
+            ),
+            webhook_row(
+                "order.refunded",
+                {
+                    **public(order),
+                    "status": status,
+                    "refunded_minor": after,
+                    "refund": {"id": refund_id, "amount_minor": amount_minor, "reason": reason},
+                },
+                now,
+            ),
+        ]
+        if full:
+            effects.append(
+                update(e)
+                .where(e.c.user_id == order["buyer"], e.c.course_id == order["course_id"], e.c.order_id == order_id)
+                .values(status="revoked", revoked_at=now)
+            )
+        payer = acct.wallet(order["buyer"]) if order["method"] == "wallet" else acct.world(self.checkouts.provider.name)
+        legs = self._refund_legs(order, before, after, payer)
+        plan = Plan(
+            key=f"refund:{order_id}:{key}",
+            kind="refund",
+            body={"order": order_id, "amount": amount_minor},
+            actor=actor.user_id if actor is not None else "admin",
+            room_id=order["room_id"],
+            legs=legs,
+            guards=[
+                (
+                    update(o)
+                    .where(o.c.id == order_id, o.c.status == "paid", o.c.refunded_minor == before)
+                    .values(refunded_minor=after, status=status, closed_at=now if full else None),
+                    RoomError("conflict", "the order changed meanwhile; try again"),
+                )
+            ],
+            effects=effects,
+            reason=reason,
+            result={"order": order_id, "refund": refund_id, "amount_minor": amount_minor},
+        )
+        outcome = await self.ledger.submit(plan)
+        if not outcome.replayed and order["method"] == "checkout" and order["payment_ref"]:
+            try:
+                await self.checkouts.provider.refund(order["payment_ref"], amount_minor, f"refund-{refund_id}")
+            except Exception:
+                log.exception(
+                    "provider refund of order %s failed; the ledger recorded it, retry at the provider", order_id
+                )
+        self.webhooks.wake()
+        updated = await self.get(order_id)
+        assert updated is not None
+        if not outcome.replayed:
+            await self._announce(updated)
+        return {"order": public(updated), "refund": outcome.result.get("refund"), "replayed": outcome.replayed}
+
+    async def _check_student_refund(self, student: Identity, order: dict[str, Any], amount_minor: int) -> None:
+        if student.user_id != order["buyer"]:
+            raise RoomError("not_found", "no such order")
+        if order["refunded_minor"] or amount_minor != order["amount_minor"]:
+            raise RoomError("invalid", "students refund a whole order; ask staff for anything else")
+        if now_ms() > order["paid_at"] + order["refund_days"] * DAY_MS:
+            raise RoomError("refund_window_closed", f"refunds are possible within {order['refund_days']} days")
+        e = t.entitlements
+        async with self.reads.connect() as conn:
+            consumed = (
+                await conn.execute(
+                    select(e.c.consumed_pct).where(e.c.user_id == order["buyer"], e.c.course_id == order["course_id"])
+                )
+            ).scalar() or 0
+        if consumed > order["refund_max_consumed_pct"]:
+            raise RoomError(
+                "refund_window_closed",
+                f"refunds are possible until {order['refund_max_consumed_pct']}% of the course is consumed",
+            )
+
+    @staticmethod
+    def _refund_legs(order: dict[str, Any], before: int, after: int, payer: str) -> list[Leg]:
+        """Back to ``payer`` from the teacher and the platform: what the cumulative refund's split adds."""
+        rate = order["coins_per_minor"]
+        shares = [
+            (acct.earnings(order["teacher_id"]), order["teacher_share_bp"]),
+            (acct.PLATFORM, 10_000 - order["teacher_share_bp"]),
+        ]
+        was = dict(acct.split(before * rate, shares)) if before else {}
+        now = dict(acct.split(after * rate, shares))
+        parts = {a: now.get(a, 0) - was.get(a, 0) for a, _ in shares}
+        # Rounding can move a unit between the two parts; keep every leg positive.
+        low = min(parts, key=lambda a: parts[a])
+        if parts[low] < 0:
+            high = max(parts, key=lambda a: parts[a])
+            parts[high] += parts[low]
+            parts[low] = 0
+        return [Leg(a, payer, amount) for a, amount in parts.items() if amount > 0]
+
+    # reads
+    async def get(self, order_id: str) -> dict[str, Any] | None:
+        async with self.reads.connect() as conn:
+            row = (await conn.execute(select(t.orders).where(t.orders.c.id == order_id))).first()
+        return dict(row._mapping) if row is not None else None
+
+    async def _by_key(self, buyer: str, key: str) -> dict[str, Any] | None:
+        o = t.orders
+        async with self.reads.connect() as conn:
+            row = (await conn.execute(select(o).where(o.c.buyer == buyer, o.c.key == key))).first()
+        return dict(row._mapping) if row is not None else None
+
+    @staticmethod
+    def _replay(order: dict[str, Any], request: BuyRequest) -> dict[str, Any]:
+        if order["body_hash"] != request.body_hash():
+            raise RoomError("idempotency_mismatch", "this idempotency key was used for a different request")
+        return {"order": public(order), "replayed": True}
+
+    async def list(
+        self, *, room_id: str | None = None, buyer: str | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        o = t.orders
+        query = select(o).order_by(o.c.created_at.desc()).limit(limit)
+        if room_id is not None:
+            query = query.where(o.c.room_id == room_id)
+        if buyer is not None:
+            query = query.where(o.c.buyer == buyer)
+        async with self.reads.connect() as conn:
+            return [public(dict(r._mapping)) for r in await conn.execute(query)]
+
+    async def _announce(self, order: dict[str, Any]) -> None:
+        """Staff see every order arrive; the buyer sees their own; others see nothing (a skip)."""
+        try:
+            await self.publish(order["room_id"], "sales.order", {"order": public(order)})
+        except Exception:
+            log.exception("sales.order of %s not published (the order itself is stored)", order["id"])
