@@ -152,10 +152,13 @@ class OrderService:
             raise RoomError("limit_reached", "you already have an order in this sale")
         self.sales.seats_changed(room.id, sale["id"])
         try:
-            return await self._buy(buyer, room, request, sale)
+            answer = await self._buy(buyer, room, request, sale)
         except BaseException:
             await self.gate.give_back(sale["id"], buyer.user_id)
             raise
+        if answer.get("replayed"):
+            await self.gate.give_back(sale["id"], buyer.user_id)  # an earlier (expired) order: no seat taken
+        return answer
 
     async def _buy(
         self, buyer: Identity, room: Room, request: BuyRequest, sale: dict[str, Any] | None

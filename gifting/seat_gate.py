@@ -9,6 +9,7 @@ gate is lost (Redis restarted), it is rebuilt from SQL and the SQL guards still 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -107,16 +108,30 @@ class MemorySeatGate(SeatGate):
         return sale.left if sale is not None else None
 
 
-# KEYS: seats left, holders (buyer -> seats). ARGV: buyer, quantity.
+# KEYS: seats left, holders (buyer -> seats). ARGV: buyer, quantity pairs, taken in order.
+# Returns outcome, seats left after it, for each pair.
 TAKE_LUA = """
+local out = {}
 local left = redis.call('get', KEYS[1])
-if not left then return {'missing', 0} end
-left = tonumber(left)
-if redis.call('hexists', KEYS[2], ARGV[1]) == 1 then return {'holding', left} end
-local q = tonumber(ARGV[2])
-if left < q then return {'sold_out', left} end
-redis.call('hset', KEYS[2], ARGV[1], q)
-return {'taken', redis.call('decrby', KEYS[1], q)}
+for i = 1, #ARGV, 2 do
+  if not left then
+    out[#out + 1] = 'missing'; out[#out + 1] = 0
+  else
+    left = tonumber(left)
+    local q = tonumber(ARGV[i + 1])
+    if redis.call('hexists', KEYS[2], ARGV[i]) == 1 then
+      out[#out + 1] = 'holding'
+    elseif left < q then
+      out[#out + 1] = 'sold_out'
+    else
+      redis.call('hset', KEYS[2], ARGV[i], q)
+      left = redis.call('decrby', KEYS[1], q)
+      out[#out + 1] = 'taken'
+    end
+    out[#out + 1] = left
+  end
+end
+return out
 """
 
 GIVE_BACK_LUA = """
@@ -139,10 +154,14 @@ return 1
 
 
 class RedisSeatGate(SeatGate):
-    """The gate shared by every instance: one Lua script per take."""
+    """The gate shared by every instance. Takes that arrive while a Lua call for the same sale is out go
+    together in the next call (in arrival order): one round trip per batch, however many buyers press Buy
+    at the moment a sale opens."""
 
     def __init__(self, url: str) -> None:
-        self.redis = aioredis.from_url(url, decode_responses=True, socket_timeout=5)
+        self.redis = aioredis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=1.0)
+        self._queues: dict[str, list[tuple[str, int, asyncio.Future[TakeResult]]]] = {}
+        self._senders: dict[str, asyncio.Task[None]] = {}
         self._take = self.redis.register_script(TAKE_LUA)
         self._give_back = self.redis.register_script(GIVE_BACK_LUA)
         self._restore = self.redis.register_script(RESTORE_LUA)
@@ -161,11 +180,31 @@ class RedisSeatGate(SeatGate):
             raise EngineUnavailable(str(exc)) from exc
 
     async def take(self, sale_id: str, buyer: str, quantity: int) -> TakeResult:
+        future: asyncio.Future[TakeResult] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(sale_id, []).append((buyer, quantity, future))
+        if sale_id not in self._senders:
+            self._senders[sale_id] = asyncio.create_task(self._send(sale_id), name=f"seat-gate-{sale_id}")
+        return await future
+
+    async def _send(self, sale_id: str) -> None:
         try:
-            outcome, left = await self._take(keys=self._keys(sale_id), args=[buyer, quantity])
-        except RedisError as exc:
-            raise EngineUnavailable(str(exc)) from exc
-        return TakeResult(Take(outcome), int(left))
+            while self._queues.get(sale_id):
+                batch = self._queues.pop(sale_id)[:]
+                args: list[str | int] = []
+                for buyer, quantity, _ in batch:
+                    args += [buyer, quantity]
+                try:
+                    flat = await self._take(keys=self._keys(sale_id), args=args)
+                except RedisError as exc:
+                    for *_, future in batch:
+                        if not future.done():
+                            future.set_exception(EngineUnavailable(str(exc)))
+                    continue
+                for i, (*_, future) in enumerate(batch):
+                    if not future.done():
+                        future.set_result(TakeResult(Take(flat[2 * i]), int(flat[2 * i + 1])))
+        finally:
+            del self._senders[sale_id]
 
     async def give_back(self, sale_id: str, buyer: str) -> int:
         try:

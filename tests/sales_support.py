@@ -19,9 +19,7 @@ async def admin(url: str, method: str, path: str, body: Any = None, expect: int 
         return answer
 
 
-async def course_in_room(
-    url: str, room: str, course_id: str, price_minor: int = 1000, **fields: Any
-) -> dict[str, Any]:
+async def course_in_room(url: str, room: str, course_id: str, price_minor: int = 1000, **fields: Any) -> dict[str, Any]:
     """A course the room may sell (the room must exist: a teacher's join creates it)."""
     body = {"id": course_id, "title": f"Course {course_id}", "price_minor": price_minor, "currency": "usd", **fields}
     course = await admin(url, "POST", "/api/courses", body, expect=201)

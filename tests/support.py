@@ -280,8 +280,8 @@ class Member:
         self.epoch, self.offset = answer["position"]["epoch"], answer["position"]["offset"]
         return dict(answer)
 
-    async def call(self, event: str, data: Any) -> dict[str, Any]:
-        return dict(await self.sio.call(event, data, timeout=10))
+    async def call(self, event: str, data: Any, timeout: float = 10) -> dict[str, Any]:
+        return dict(await self.sio.call(event, data, timeout=timeout))
 
     async def refused(self) -> dict[str, Any]:
         """Connect, expecting a refusal; returns its ``{code, message}``."""

@@ -89,8 +89,10 @@ async def test_student_invited_on_stage_is_seen_in_the_studio(page_server: Serve
     await expect(s.get_by_test_id("stage-panel")).to_be_visible()
     await expect(s.get_by_test_id("stage-state")).to_have_attribute("data-state", "live", timeout=15_000)
 
-    tile = "() => { const v = document.querySelector('[data-testid=stage-video][data-user-id=s1]');" \
-           " return v ? v.getVideoPlaybackQuality().totalVideoFrames : -1; }"
+    tile = (
+        "() => { const v = document.querySelector('[data-testid=stage-video][data-user-id=s1]');"
+        " return v ? v.getVideoPlaybackQuality().totalVideoFrames : -1; }"
+    )
     first = await poll(t, tile, lambda n: n > 0, "the student's video in the studio")
     await poll(t, tile, lambda n: n > first + 10, "the student's video playing on")
     lesson = await frames(s)

@@ -60,8 +60,11 @@ async def test_student_on_another_instance_watches_and_survives_the_media_instan
         near_view = SocketViewer(near)
         viewers.append(near_view)
         await near_view.watch()
-        await wait_for(lambda: all(v.peer.frames["video"] > 30 and v.peer.frames["audio"] > 30 for v in viewers),
-                       20, "both students decoding")
+        await wait_for(
+            lambda: all(v.peer.frames["video"] > 30 and v.peer.frames["audio"] > 30 for v in viewers),
+            20,
+            "both students decoding",
+        )
         for v in viewers:
             assert {t["label"] for t in v.offers[-1]["tracks"].values()} == {"camera", "microphone"}
 

@@ -40,8 +40,15 @@ def whip_client_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     assert shutil.which("whip-client"), "install simple-whip-client (scripts/test does)"
     out = tmp_path_factory.mktemp("whip-stub")
     subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-Wl,-soname,libgupnp-igd-1.0.so.4", "-o", str(out / "libgupnp-igd-1.0.so.4"),
-         str(WHIP_DIR / "gupnp_igd_stub.c")],
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libgupnp-igd-1.0.so.4",
+            "-o",
+            str(out / "libgupnp-igd-1.0.so.4"),
+            str(WHIP_DIR / "gupnp_igd_stub.c"),
+        ],
         check=True,
     )
     return {**os.environ, "LD_LIBRARY_PATH": str(out), "GST_DEBUG": "0"}
@@ -57,7 +64,9 @@ def start_encoder(whip_url: str, jwt: str, env: dict[str, str], log_path: Path) 
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             ["whip-client", "-u", whip_url, "-t", jwt, "-n", "-V", VIDEO, "-A", AUDIO],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
 
