@@ -109,6 +109,9 @@ class Catalogue:
             "updated_at": now,
         }
         self._check(row)
+        if self.policy.coin_rate(row["currency"]) is None:
+            known = ", ".join(code for code, _ in self.policy.coins_per_minor)
+            raise RoomError("unsupported_currency", f"currency must be one of {known} (LIVE_COIN_RATES)")
         try:
             async with self.db.begin() as conn:
                 await conn.execute(insert(t.courses).values(**row))

@@ -31,6 +31,8 @@ STATUS_OF_CODE = {
     "idempotency_mismatch": 409,
     "insufficient_funds": 409,
     "already_reversed": 409,
+    "refund_exceeds_paid": 409,
+    "order_expired": 409,
     "too_large": 413,
     "unsupported_media_type": 415,
     "rate_limited": 429,

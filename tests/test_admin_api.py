@@ -153,6 +153,21 @@ async def test_every_admin_route_needs_credentials_and_reads_reject_bad_input(ap
         ("GET", "/api/wallets/ana/statement"),
         ("GET", "/api/ledger/transfers"),
         ("POST", "/api/ledger/operations/k/reverse"),
+        ("POST", "/api/courses"),
+        ("GET", "/api/courses"),
+        ("GET", "/api/courses/c1"),
+        ("PATCH", "/api/courses/c1"),
+        ("GET", "/api/rooms/known/courses"),
+        ("PUT", "/api/rooms/known/courses/c1"),
+        ("DELETE", "/api/rooms/known/courses/c1"),
+        ("POST", "/api/rooms/known/coupons"),
+        ("GET", "/api/rooms/known/sales"),
+        ("GET", "/api/orders"),
+        ("GET", "/api/orders/o1"),
+        ("POST", "/api/orders/o1/refund"),
+        ("GET", "/api/entitlements"),
+        ("POST", "/api/entitlements/ana/c1/progress"),
+        ("GET", "/api/webhooks"),
     ]
     async with aiohttp.ClientSession() as http:
         for method, path in routes:

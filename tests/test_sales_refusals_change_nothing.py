@@ -47,6 +47,10 @@ async def test_sales_refusals_have_codes_and_change_nothing(start_app: AppFactor
             {"id": "elsewhere", "title": "Not here", "price_minor": 100, "currency": "usd"},
             expect=201,
         )
+        yen = await admin(
+            url, "POST", "/api/courses", {"id": "jp", "title": "Yen", "price_minor": 100, "currency": "jpy"}
+        )
+        assert yen["error"]["code"] == "unsupported_currency"
         await fund(url, ["ana", "kid"], 5000)
         assert (await teacher.call("sales:pin", {"course_id": "py101"}))["ok"]
         threshold = (
