@@ -450,6 +450,13 @@ class Ledger:
         return sent
 
     # reads
+    async def result_of(self, key: str) -> dict[str, Any] | None:
+        """The stored result of the operation with this idempotency key, if it was accepted."""
+        op = t.operations
+        async with self.reads.connect() as conn:
+            row = (await conn.execute(select(op.c.result).where(op.c.key == key))).first()
+        return json.loads(row.result) if row is not None else None
+
     async def balances(self, account_ids: list[str]) -> dict[str, int]:
         """The balances of the accounts that exist among ``account_ids``, in one read."""
         a = t.accounts

@@ -455,11 +455,15 @@ class OrderService:
         order = await self.get(order_id)
         if order is None:
             raise RoomError("not_found", "no such order")
+        if actor is not None and actor.room_id != order["room_id"]:
+            raise RoomError("not_found", "no such order")
+        plan_key = f"refund:{order_id}:{key}"
+        done = await self.ledger.result_of(plan_key)
+        if done is not None:  # this refund was made: the same answer, nothing refunded twice
+            return {"order": public(order), "refund": done.get("refund"), "replayed": True}
         reason = reason.strip()
         if not 1 <= len(reason) <= 500:
             raise RoomError("invalid", "a refund needs a reason of 1-500 characters")
-        if actor is not None and actor.room_id != order["room_id"]:
-            raise RoomError("not_found", "no such order")
         if order["status"] != "paid":
             raise RoomError("invalid_state", f"the order is {order['status']}", status=order["status"])
         remaining = order["amount_minor"] - order["refunded_minor"]
@@ -507,7 +511,7 @@ class OrderService:
         payer = acct.wallet(order["buyer"]) if order["method"] == "wallet" else acct.world(self.checkouts.provider.name)
         legs = self._refund_legs(order, before, after, payer)
         plan = Plan(
-            key=f"refund:{order_id}:{key}",
+            key=plan_key,
             kind="refund",
             body={"order": order_id, "amount": amount_minor},
             actor=actor.user_id if actor is not None else "admin",

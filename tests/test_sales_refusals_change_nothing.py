@@ -164,6 +164,10 @@ async def test_sales_refusals_have_codes_and_change_nothing(start_app: AppFactor
         )
         assert rest["order"]["status"] == "refunded" and rest["order"]["refunded_minor"] == 1700
         before = await everything(services)
+        body = {"reason": "closing", "idempotency_key": "r6"}
+        replay = await admin(url, "POST", f"/api/orders/{order['id']}/refund", body, expect=200)
+        assert replay["replayed"] and replay["refund"] == rest["refund"]
+        assert await everything(services) == before
         again = await admin(
             url, "POST", f"/api/orders/{order['id']}/refund", {"reason": "again", "idempotency_key": "r7"}
         )
