@@ -103,7 +103,7 @@ class OrderService:
         checkouts: CheckoutService,
         webhooks: HostWebhooks,
         policy: SalesPolicy,
-        publish: Publisher,
+        notify: Publisher,
     ) -> None:
         self.db = db
         self.reads = autocommit(db)
@@ -115,7 +115,7 @@ class OrderService:
         self.checkouts = checkouts
         self.webhooks = webhooks
         self.policy = policy
-        self.publish = publish
+        self.notify = notify
         self._dialect = postgresql if db.dialect.name == "postgresql" else sqlite
 
     # buying
@@ -614,8 +614,11 @@ class OrderService:
             return [public(dict(r._mapping)) for r in await conn.execute(query)]
 
     async def _announce(self, order: dict[str, Any]) -> None:
-        """Staff see every order arrive; the buyer sees their own; others see nothing (a skip)."""
+        """Staff see every order arrive (their feed) and the buyer their own: a ``sales:order`` event to
+        those connections only, not a numbered room event (one per order to every member of a crowded
+        room, even as a skip, cost more than the sale itself). Orders themselves are read with
+        ``orders:list``."""
         try:
-            await self.publish(order["room_id"], "sales.order", {"order": public(order)})
+            await self.notify(order["room_id"], "sales:order", {"order": public(order)})
         except Exception:
-            log.exception("sales.order of %s not published (the order itself is stored)", order["id"])
+            log.exception("sales:order of %s not sent (the order itself is stored)", order["id"])

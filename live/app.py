@@ -172,8 +172,12 @@ def create_app(settings: Settings) -> web.Application:
     sales_service = SalesService(db, catalogue, gate, publish)
     coupons = CouponService(db, catalogue)
     webhooks = HostWebhooks(db, settings.sales.host_webhook_url, settings.sales.host_webhook_secret)
+
+    async def notify(room_id: str, event: str, data: dict[str, Any]) -> None:
+        await engine.broadcast(room_id, event, data)
+
     orders = OrderService(
-        db, ledger, catalogue, coupons, sales_service, gate, checkouts, webhooks, settings.sales, publish
+        db, ledger, catalogue, coupons, sales_service, gate, checkouts, webhooks, settings.sales, notify
     )
     checkouts.course_orders = orders
     sales = SalesServices(catalogue, sales_service, coupons, orders)

@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -245,7 +246,16 @@ def _local_secret(data_dir: Path, name: str) -> str:
         return path.read_text().strip()
     data_dir.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Another process sharing the data directory created it first: use theirs once it is written.
+        for _ in range(100):
+            existing = path.read_text().strip()
+            if existing:
+                return existing
+            time.sleep(0.01)
+        raise ConfigError(f"{path} exists but is empty") from None
     with os.fdopen(fd, "w") as f:
         f.write(value)
     return value

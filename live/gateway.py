@@ -415,6 +415,14 @@ class SocketGateway:
         self.metrics.deliveries.inc(sent)
 
     async def deliver_ephemeral(self, room_id: str, event: str, data: dict[str, Any]) -> None:
+        if event == "sales:order":
+            # Staff's orders feed, and the buyer's own connections; nobody else.
+            self.sio.broadcast(event, data, staff_room(room_id))
+            for sid in self.presence.local_sids(room_id, data["order"]["buyer"]):
+                session = self.sessions.get(sid)
+                if session is not None and not session.identity.is_staff:
+                    self.sio.broadcast(event, data, sid)
+            return
         self.sio.broadcast(event, data, room_id)
 
     async def reload(self, room_id: str, reason: str) -> None:

@@ -8,7 +8,7 @@ cannot see, either a removal notice (it was visible before) or a ``skip`` event:
 for every client, so a gap still means a lost event, and the skip carries nothing.
 
 Money: a ``money`` event carries every gift and tip for staff (the teacher's live feed) and a summary for
-everyone else. A ``sales.order`` event goes to staff and to the buyer's own connections only.
+everyone else.
 """
 
 from __future__ import annotations
@@ -61,9 +61,6 @@ def versions(pub: Publication) -> Versions | None:
     if pub.type == "money":
         # Staff get every gift and tip (the live feed); everyone else the summary (gifting/ledger.py).
         return Versions(pub.data, None, None, pub.data["public"])
-    if pub.type == "sales.order":
-        # Staff see every order arrive (their feed), the buyer their own; nobody else sees orders.
-        return Versions(pub.data, pub.data["order"]["buyer"], pub.data, None)
     if pub.type != "qa.question":
         return None
     question, pin = pub.data["q"], pub.data["pin"]

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,6 +38,9 @@ from rooms.engine import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Connections to Redis per instance (besides the subscriber's).
+MAX_CONNECTIONS = 64
 
 #: The one place that numbers a room event: append ``body`` to the room's stream under the next offset
 #: (a new epoch if the stream was lost) and publish it. Other scripts that publish (rooms/qa_store_redis.py)
@@ -163,8 +167,12 @@ class RedisEngine(Engine):
         self.history_size = history_size
         self.history_ttl_s = history_ttl_s
         self.presence_key_ttl_s = presence_ttl_s
-        self.redis = aioredis.from_url(
+        # A burst of calls (hundreds of orders committed in one batch announcing themselves) waits for a
+        # pooled connection instead of failing: redis-py's default pool refuses past its limit at once.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=3.0,
             socket_connect_timeout=1.0,
             socket_timeout=3.0,
             health_check_interval=5,
@@ -173,6 +181,7 @@ class RedisEngine(Engine):
             retry_on_error=[RedisConnectionError],
             decode_responses=True,
         )
+        self.redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         # The subscriber must never reconnect behind our back: messages published meanwhile would be lost
         # without `on_resync` being called. So its client does not retry; the reader loop reconnects.
         self._subscriber = aioredis.from_url(

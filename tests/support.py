@@ -254,7 +254,7 @@ class Member:
         self.sio.on("room:reload", self.reloads.append)
         self.sio.on("presence:count", lambda d: self.counts.append(d["count"]))
         self.sio.on("connect_error", self.connect_errors.append)
-        for name in ("presence:joined", "presence:left", "removed", "error"):
+        for name in ("presence:joined", "presence:left", "removed", "error", "sales:order"):
             self.sio.on(name, lambda d, name=name: self.other.append((name, d)))
 
     def _on_event(self, event: dict[str, Any]) -> None:

@@ -49,7 +49,7 @@ async def test_unpaid_order_expires_and_its_seat_sells_again(start_app: AppFacto
 
         # Unpaid: it expires within the hold (housekeeping runs every second) and the seat comes back.
         await wait_until(
-            lambda: any(e["type"] == "sales.order" and e["data"]["order"]["status"] == "expired" for e in ana.events),
+            lambda: any(name == "sales:order" and d["order"]["status"] == "expired" for name, d in ana.other),
             timeout=15,
             what="ana's order expired",
         )
