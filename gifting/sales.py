@@ -8,6 +8,7 @@ left during a sale change far more often: they go as ``sales.seats``, coalesced 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,10 +25,14 @@ from rooms.identity import Identity
 from rooms.service import Room, RoomStatus
 from rooms.tables import autocommit
 
+log = logging.getLogger(__name__)
+
 #: Publishes one room event: (room id, type, data).
 Publisher = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 
 SEATS_EVERY_S = 0.2
+#: Coupon claim counts reach the room at most this often (per instance).
+CLAIMS_EVERY_S = 1.0
 MAX_COUPONS_SHOWN = 20
 SALE_COLUMNS = (
     "id",
@@ -75,6 +80,7 @@ class SalesService:
         self.gate = gate
         self.publish = publish
         self._seat_flush: dict[str, asyncio.Task[None]] = {}
+        self._card_flush: dict[str, asyncio.Task[None]] = {}
 
     # the card
     async def pin(self, staff: Identity, room: Room, course_id: str, audience: int) -> dict[str, Any]:
@@ -269,8 +275,23 @@ class SalesService:
         finally:
             del self._seat_flush[room_id]
 
+    def claims_changed(self, room_id: str) -> None:
+        """A coupon was claimed: announce the card (with the claim counts) within a second, once for
+        all the claims of that second, so a crowd claiming costs one SQL read and one event per instance."""
+        if room_id not in self._card_flush:
+            self._card_flush[room_id] = asyncio.create_task(self._flush_card(room_id))
+
+    async def _flush_card(self, room_id: str) -> None:
+        try:
+            await asyncio.sleep(CLAIMS_EVERY_S)
+            await self.announce(room_id)
+        except Exception:  # the next claim announces again; the claim itself is already stored
+            log.warning("sales card of %s not announced after claims", room_id, exc_info=True)
+        finally:
+            del self._card_flush[room_id]
+
     async def close(self) -> None:
-        for task in list(self._seat_flush.values()):
+        for task in [*self._seat_flush.values(), *self._card_flush.values()]:
             task.cancel()
 
 

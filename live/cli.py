@@ -14,6 +14,13 @@ from live.logs import configure_logging
 from rooms.identity import Role
 
 DEMO_ROOM = "demo"
+DEMO_COURSE_ID = "demo-python"
+DEMO_COURSE: dict[str, str | int] = {
+    "title": "Python for beginners",
+    "description": "Twelve recorded lessons and weekly live Q&A.",
+    "price_minor": 4900,
+    "currency": "usd",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,6 +104,10 @@ def _demo_room(settings: Settings):  # type: ignore[no-untyped-def]
                 break
             room_id = f"{DEMO_ROOM}-{n}"  # an ended lesson stays ended; start a fresh one
         await rooms.go_live(room_id)
+        catalogue = app[SERVICES].sales.catalogue
+        if await catalogue.get(DEMO_COURSE_ID) is None:
+            await catalogue.create({"id": DEMO_COURSE_ID, **DEMO_COURSE})
+        await catalogue.allow(room_id, DEMO_COURSE_ID)  # the studio can pin it and run a flash sale
         teacher = mint_token(settings.secret, room_id=room_id, user_id="teacher", name="Teacher", role=Role.TEACHER)
         student = mint_token(settings.secret, room_id=room_id, user_id="student-1", name="Student", role=Role.STUDENT)
         engine, data = settings.engine_name, settings.data_dir

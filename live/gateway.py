@@ -270,7 +270,9 @@ class SocketGateway:
         # Taken in one step, with this socket already in the room: every event after `position` reaches it.
         answer: dict[str, Any] = {"room": view.room.to_dict(), "me": who.me(), "position": view.position.to_dict()}
         answer["stage"] = self.router.stage(room_id)
-        answer["sales"] = view.parts.get(VIEW_PART)
+        sales = view.parts.get(VIEW_PART)
+        # The card's server_time is when it was published; clients set their countdown clock by this one.
+        answer["sales"] = {**sales, "server_time": now_ms()} if sales is not None else None
         chat = list(view.chat)
         history = None
         if msg.since is not None:

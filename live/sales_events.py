@@ -74,7 +74,7 @@ class SalesEvents:
     async def get(self, session: Session, _: SalesGetIn) -> dict[str, Any]:
         who = session.identity
         room, card = self._room(who.room_id)
-        answer: dict[str, Any] = {"state": card}
+        answer: dict[str, Any] = {"state": card, "coin_rates": dict(self.s.orders.policy.coins_per_minor)}
         if who.is_staff:
             answer["courses"] = [c.card() for c in await self.s.catalogue.list(room.id)]
         else:
@@ -129,7 +129,9 @@ class SalesEvents:
     async def claim(self, session: Session, msg: CouponIdIn) -> dict[str, Any]:
         who = session.identity
         room, _ = self._room(who.room_id)
-        return await self.s.coupons.claim(who, room, msg.id)
+        answer = await self.s.coupons.claim(who, room, msg.id)
+        self.s.sales.claims_changed(room.id)
+        return answer
 
     async def buy(self, session: Session, msg: BuyIn) -> dict[str, Any]:
         who = session.identity

@@ -41,8 +41,8 @@ export function readToken() {
  *
  * State lives in plain fields (room, me, members, headCount, chat, questions, pin, voted, position,
  * conn). Every change is announced as a `change` event whose `detail.what` is one of: conn, room,
- * members, count, chat, qa, reset (everything was replaced). Server `error` events are announced as
- * `failure`.
+ * members, count, chat, qa, sales, reset (everything was replaced). Server `error` events are announced as
+ * `failure`; orders as `sales-order`.
  */
 export class RoomClient extends EventTarget {
   constructor(token) {
@@ -57,6 +57,8 @@ export class RoomClient extends EventTarget {
     this.voted = new Set(); // ids of questions this user has upvoted
     this.money = []; // recent gifts and tips: every one for staff, the biggest for students
     this.stage = []; // user ids of students invited to publish
+    this.sales = null; // SalesState: the pinned course card, its flash sale and live coupons
+    this.clockOffset = 0; // server time minus local time, in ms, from the newest fresh `server_time`
     this.position = null; // {epoch, offset} of the last applied room event
     this.conn = {state: 'connecting', message: ''};
 
@@ -106,6 +108,8 @@ export class RoomClient extends EventTarget {
     s.on('error', (err) => this.dispatchEvent(new CustomEvent('failure', {detail: err})));
     s.on('media:offer', (offer) => this.dispatchEvent(new CustomEvent('media-offer', {detail: offer})));
     s.on('media:restart', () => this.dispatchEvent(new CustomEvent('media-restart')));
+    // Orders placed, paid, expired or refunded: staff get the room's, a student their own (not numbered).
+    s.on('sales:order', ({order}) => this.dispatchEvent(new CustomEvent('sales-order', {detail: order})));
   }
 
   refused(err) {
@@ -178,7 +182,21 @@ export class RoomClient extends EventTarget {
       if (this.buffer) break; // a gap started another join, which will cover the rest
       this.receive(ev);
     }
+    // Last: its server_time is fresh, while replayed `sales.card` events carry the time they were sent.
+    this.setSales(answer.sales);
     this.dispatchEvent(new CustomEvent('joined'));
+  }
+
+  /** Replace the sales state; a `server_time` in it sets the clock countdowns are shown by. */
+  setSales(state) {
+    if (state && state.server_time) this.clockOffset = state.server_time - Date.now();
+    this.sales = state;
+    this.emitChange('sales');
+  }
+
+  /** The server's clock, as best this client knows it (ms since the epoch). */
+  serverNow() {
+    return Date.now() + this.clockOffset;
   }
 
   /** A live room event: apply it if it is the next one, re-join on a gap or a new epoch. */
@@ -233,6 +251,15 @@ export class RoomClient extends EventTarget {
         // Staff get every event ({events, public}); everyone else a summary ({gifts, coins, highlights}).
         this.money = [...this.money, ...(d.events || d.highlights)].slice(-100);
         this.emitChange('money', {events: d.events || d.highlights, summary: d.public || d});
+        break;
+      case 'sales.card':
+        this.setSales(d);
+        break;
+      case 'sales.seats':
+        if (this.sales && this.sales.sale && this.sales.sale.id === d.sale_id) {
+          this.sales = {...this.sales, seats_left: d.seats_left};
+          this.emitChange('sales');
+        }
         break;
       case 'qa.votes':
         for (const [id, votes] of Object.entries(d.counts)) {

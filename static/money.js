@@ -134,6 +134,7 @@ export function mountMoney(client, studio) {
     });
     // Back from the checkout tab: the webhook has credited the wallet by then.
     window.addEventListener('focus', refresh);
+    client.addEventListener('wallet-stale', refresh); // e.g. a course paid from the wallet (sales.js)
     document.addEventListener('visibilitychange', () => document.visibilityState === 'visible' && refresh());
     $('paid-form').addEventListener('submit', async (event) => {
       event.preventDefault();

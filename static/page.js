@@ -3,6 +3,7 @@ import {RoomClient, describeError, readToken} from '/static/client.js';
 import {mountMoney} from '/static/money.js';
 import {mountMedia} from '/static/media.js';
 import {mountQa} from '/static/qa.js';
+import {mountSales} from '/static/sales.js';
 
 const $ = (id) => document.getElementById(id);
 const studio = document.body.dataset.page === 'studio';
@@ -209,6 +210,8 @@ function start() {
   mountQa(client, studio);
   mountMoney(client, studio);
   mountMedia(client, studio);
+  mountSales(client, studio, {ask});
+  $('ask-cancel').addEventListener('click', () => $('ask').close('cancel'));
   $('chat-form').addEventListener('submit', sendChat);
   if (studio) {
     $('go-live').addEventListener('click', () => staffAction('room:go_live', {}));
@@ -217,7 +220,6 @@ function start() {
         staffAction('room:end', {});
       }
     });
-    $('ask-cancel').addEventListener('click', () => $('ask').close('cancel'));
   }
 }
 
