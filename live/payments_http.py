@@ -53,8 +53,9 @@ class PaymentRoutes:
                 '<h1>Paid</h1><p data-testid="sandbox-done">This checkout is paid. You can close this tab.</p>'
             )
         price = f"{checkout['amount_minor'] / 100:.2f} {html.escape(checkout['currency'].upper())}"
+        what = "A course order" if checkout.get("order_id") else f"{int(checkout['coins'])} coins"
         form = (
-            f"<h1>Sandbox checkout</h1><p>{int(checkout['coins'])} coins for {price}. No real money moves.</p>"
+            f"<h1>Sandbox checkout</h1><p>{what} for {price}. No real money moves.</p>"
             f'<form method="post" action="/sandbox/checkout/{html.escape(checkout["id"])}/pay">'
             '<button class="primary" data-testid="sandbox-pay">Pay</button></form>'
         )
@@ -73,7 +74,8 @@ class PaymentRoutes:
         async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as r:
             if r.status != 200:
                 raise RoomError("unavailable", "the payment could not be completed; nothing was charged")
-        return _page('<h1>Paid</h1><p data-testid="sandbox-done">Coins added. You can close this tab.</p>')
+        done = "Order paid" if checkout.get("order_id") else "Coins added"
+        return _page(f'<h1>Paid</h1><p data-testid="sandbox-done">{done}. You can close this tab.</p>')
 
 
 def _page(body: str, status: int = 200) -> web.Response:

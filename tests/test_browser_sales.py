@@ -98,3 +98,38 @@ async def test_flash_sale_countdown_coupon_and_purchase(page_server: ServerProce
     await expect(s.get_by_test_id("card-buy")).to_be_visible()
     for watched in (teacher, student):
         assert watched.dialogs == [] and watched.errors == [], (watched.dialogs, watched.errors)
+
+
+async def test_card_purchase_is_paid_by_the_checkout_webhook(page_server: ServerProcess, browser: Browser) -> None:
+    url = page_server.url
+    teacher, student = await open_room(page_server, browser, "room-card")
+    t, s = teacher.page, student.page
+    await course_in_room(url, "room-card", "design-101", price_minor=4900, title="Design 101")
+    await t.get_by_test_id("courses-refresh").click()
+    await t.get_by_test_id("course").filter(has_text="Design 101").get_by_test_id("course-pin").click()
+    await expect(s.get_by_test_id("card-price")).to_have_text(re.compile(r"\$49\.00"))
+
+    await expect(s.get_by_test_id("wallet-balance")).to_have_text(re.compile(r"^\d+$"))
+    balance = await s.get_by_test_id("wallet-balance").inner_text()
+    await s.get_by_test_id("card-buy").click()
+    await expect(s.get_by_test_id("buy-coupon")).to_have_value("")  # no coupon claimed
+    await s.get_by_test_id("buy-method").select_option("checkout")
+    await s.get_by_test_id("buy-accept").check()
+    async with s.context.expect_page() as opened:
+        await s.get_by_test_id("buy-pay").click()
+    checkout = await opened.value
+    await expect(checkout.get_by_test_id("sandbox-checkout")).to_contain_text("A course order for 49.00 USD")
+    await expect(s.get_by_test_id("buy-result")).to_have_attribute("data-state", "pending")
+    await expect(s.get_by_test_id("order-item").first).to_have_attribute("data-status", "pending")
+    await expect(t.get_by_test_id("order-item").first).to_contain_text("waiting for payment, card")
+
+    await checkout.get_by_test_id("sandbox-pay").click()
+    await expect(checkout.get_by_test_id("sandbox-done")).to_contain_text("Order paid")
+    await checkout.close()
+    # Paid only by the verified webhook; the pages learn it from `sales:order`.
+    await expect(s.get_by_test_id("order-item").first).to_have_attribute("data-status", "paid")
+    await expect(s.get_by_test_id("card-owned")).to_be_visible()
+    await expect(t.get_by_test_id("order-item").first).to_contain_text("Student Sam · Design 101 · $49.00 (paid, card)")
+    await expect(s.get_by_test_id("wallet-balance")).to_have_text(balance)  # the card paid, not the wallet
+    for watched in (teacher, student):
+        assert watched.dialogs == [] and watched.errors == [], (watched.dialogs, watched.errors)
