@@ -129,6 +129,19 @@ async def ledger_facts(db_url: str) -> dict[str, int]:
             "teacher": int(teacher or 0), "platform": int(platform or 0)}
 
 
+async def start_profiler(out: Path | None, pid: int, kind: str, seconds: float) -> asyncio.subprocess.Process | None:
+    """``py-spy record`` of the instance while it takes gifts (``--profile``; needs py-spy, e.g.
+    ``.venv/bin/pip install py-spy``): collapsed stacks in ``out/KIND.txt``."""
+    if out is None:
+        return None
+    py_spy = Path(sys.executable).with_name("py-spy")
+    argv = [str(py_spy if py_spy.exists() else "py-spy"), "record", "--pid", str(pid), "--rate", "250",
+            "--duration", str(max(1, round(seconds))), "--format", "raw", "--nonblocking",
+            "--output", str(out / f"{kind}.txt")]
+    return await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+
+
 async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     async with AsyncExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gift-bench-")))
@@ -175,8 +188,11 @@ async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         cpu_before = tree_cpu_seconds([proc.pid])
         for c in gens:
             c.send("go")
+        spy = await start_profiler(args.profile, proc.pid, kind, args.duration)
         log(f"{kind}: {args.rate:.0f} gifts/s offered for {args.duration:.0f} s")
         results = [await asyncio.to_thread(c.recv) for c in gens]
+        if spy is not None:
+            await spy.wait()
         cpu = tree_cpu_seconds([proc.pid]).get(proc.pid, 0) - cpu_before.get(proc.pid, 0)
         await teacher.close()
         await asyncio.sleep(0.5)
@@ -223,10 +239,13 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=5000.0, help="gifts per second offered (default 5000)")
     p.add_argument("--duration", type=float, help="seconds of gifting per database (default 15; 5 quick)")
     p.add_argument("--only", choices=["sqlite", "postgres"], help="one database only")
+    p.add_argument("--profile", type=Path, help="py-spy the instance while it takes gifts, into this directory")
     args = p.parse_args()
     args.students = args.students or (300 if args.quick else 500)
     args.duration = args.duration or (5.0 if args.quick else 15.0)
     args.databases = [args.only] if args.only else ["sqlite", "postgres"]
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     print(json.dumps(asyncio.run(run(args))))
 
 
