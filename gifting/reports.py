@@ -1,4 +1,4 @@
-"""Money reports: a statement of one account, and an export of transfers (read-only SQL)."""
+"""Money reports: a statement of one account, and exports of accounts and transfers (read-only SQL)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from gifting import tables as t
 from rooms.tables import autocommit
 
 EXPORT_COLUMNS = ("id", "op_key", "kind", "debit", "credit", "amount", "room_id", "reverses", "created_at")
+ACCOUNT_COLUMNS = ("id", "kind", "owner", "balance", "created_at")
+ACCOUNT_KINDS = ("wallet", "held", "earnings", "platform", "world")
 
 
 class Reports:
@@ -53,5 +55,17 @@ class Reports:
             query = query.where(tr.c.room_id == room_id)
         if since is not None:
             query = query.where(tr.c.created_at >= since)
+        async with self.reads.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def accounts(self, kind: str | None, after: str | None, limit: int = 10_000) -> list[dict[str, Any]]:
+        """Accounts and their balances by id (of one ``kind``, e.g. every wallet), from after the id
+        ``after`` on: a host pages through all of them with the last id it got."""
+        a = t.accounts
+        query = select(*(a.c[c] for c in ACCOUNT_COLUMNS)).order_by(a.c.id).limit(limit)
+        if kind is not None:
+            query = query.where(a.c.kind == kind)
+        if after is not None:
+            query = query.where(a.c.id > after)
         async with self.reads.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]

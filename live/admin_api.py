@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from gifting.gifts import GiftService
-from gifting.reports import EXPORT_COLUMNS, Reports
+from gifting.reports import ACCOUNT_COLUMNS, ACCOUNT_KINDS, EXPORT_COLUMNS, Reports
 from gifting.schemas import CreditIn, ReverseIn
 from live.auth import check_basic_auth, mint_token
 from live.config import Settings
-from live.http_util import error_response, read_json
+from live.http_util import error_response, export_format, read_json, table_response
 from live.schemas import RoomCreateIn, RoomUpdateIn, TokenIn
 from rooms.errors import RoomError
 from rooms.identity import USER_ID_RE, Grants
@@ -77,6 +74,7 @@ class AdminApi:
         app.router.add_get("/api/rooms/{id}/money", self.room_money)
         app.router.add_get("/api/wallets/{user_id}/statement", self.statement)
         app.router.add_get("/api/ledger/transfers", self.export_transfers)
+        app.router.add_get("/api/ledger/accounts", self.export_accounts)
         app.router.add_post("/api/ledger/operations/{key}/reverse", self.reverse)
         app.router.add_post("/api/rooms/{id}/live", self.go_live)
         app.router.add_post("/api/rooms/{id}/end", self.end_room)
@@ -141,18 +139,21 @@ class AdminApi:
     async def export_transfers(self, request: web.Request) -> web.Response:
         """Every transfer (of ``?room=``, from ``?since=`` ms), oldest first, as JSON or CSV."""
         self._authorize(request)
-        fmt = request.query.get("format", "json")
-        if fmt not in ("json", "csv"):
-            return error_response("invalid", "format must be json or csv")
+        fmt = export_format(request)
         since = _int_query(request, "since", None, 0, 2**62)
         rows = await self.reports.transfers(request.query.get("room"), since)
-        if fmt == "json":
-            return web.json_response({"transfers": rows})
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-        return web.Response(text=out.getvalue(), content_type="text/csv")
+        return table_response(fmt, "transfers", rows, EXPORT_COLUMNS)
+
+    async def export_accounts(self, request: web.Request) -> web.Response:
+        """Every account's balance (``?kind=wallet`` for all wallets), by id, paged with ``?after=``."""
+        self._authorize(request)
+        fmt = export_format(request)
+        kind = request.query.get("kind")
+        if kind is not None and kind not in ACCOUNT_KINDS:
+            return error_response("invalid", f"kind must be one of {', '.join(ACCOUNT_KINDS)}")
+        limit = _int_query(request, "limit", 10_000, 1, 100_000) or 10_000
+        rows = await self.reports.accounts(kind, request.query.get("after"), limit)
+        return table_response(fmt, "accounts", rows, ACCOUNT_COLUMNS)
 
     async def reverse(self, request: web.Request) -> web.Response:
         """Reverse every transfer of an operation (a refund of a gift or tip, a chargeback of a top-up),
@@ -172,22 +173,10 @@ class AdminApi:
         """The room's Q&A for reports: every question with its author (also of anonymous ones), votes,
         state and answer; ``?format=csv`` for a spreadsheet."""
         self._authorize(request)
-        fmt = request.query.get("format", "json")
-        if fmt not in ("json", "csv"):
-            return error_response("invalid", "format must be json or csv")
+        fmt = export_format(request)
         room = await self.rooms.require(request.match_info["id"])
         rows = [{c: row[c] for c in QA_EXPORT_COLUMNS} for row in await self.qa.export(room.id)]
-        if fmt == "json":
-            return web.json_response({"room": room.id, "questions": rows})
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=QA_EXPORT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(_csv_safe(row) for row in rows)
-        return web.Response(
-            text=out.getvalue(),
-            content_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{room.id}-questions.csv"'},
-        )
+        return table_response(fmt, "questions", rows, QA_EXPORT_COLUMNS, f"{room.id}-questions.csv", room=room.id)
 
     async def list_rooms(self, request: web.Request) -> web.Response:
         self._authorize(request)
@@ -230,12 +219,6 @@ class AdminApi:
             member=body.member,
         )
         return web.json_response({"token": token, "url": self.settings.page_link(body.role, token)})
-
-
-def _csv_safe(row: dict[str, Any]) -> dict[str, Any]:
-    """Neutralise spreadsheet formulas in text that students wrote (CSV injection, OWASP)."""
-    risky = ("=", "+", "-", "@", "\t", "\r")
-    return {k: "'" + v if isinstance(v, str) and v[:1] in risky else v for k, v in row.items()}
 
 
 def _user_id(request: web.Request) -> str:

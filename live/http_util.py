@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -81,3 +84,32 @@ async def read_json(request: web.Request, model: type[Model]) -> Model:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise RoomError("invalid", f"{where}: {first['msg']}") from None
+
+
+def export_format(request: web.Request) -> str:
+    """``?format=`` of an export: ``json`` (the default) or ``csv``; anything else is refused."""
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise RoomError("invalid", "format must be json or csv")
+    return fmt
+
+
+def table_response(
+    fmt: str, name: str, rows: Iterable[dict[str, Any]], columns: Sequence[str], filename: str = "", **extra: Any
+) -> web.Response:
+    """An export: ``{**extra, name: rows}`` as JSON, or ``columns`` of ``rows`` as CSV for a spreadsheet
+    (formulas neutralised), downloaded as ``filename`` (default ``NAME.csv``)."""
+    if fmt == "json":
+        return web.json_response({**extra, name: list(rows)})
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(csv_safe(row) for row in rows)
+    disposition = f'attachment; filename="{filename or name + ".csv"}"'
+    return web.Response(text=out.getvalue(), content_type="text/csv", headers={"Content-Disposition": disposition})
+
+
+def csv_safe(row: dict[str, Any]) -> dict[str, Any]:
+    """Neutralise spreadsheet formulas in text that users wrote (CSV injection, OWASP)."""
+    risky = ("=", "+", "-", "@", "\t", "\r")
+    return {k: "'" + v if isinstance(v, str) and v[:1] in risky else v for k, v in row.items()}

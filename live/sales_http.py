@@ -3,19 +3,16 @@ entitlements and course progress, sales reports, and the host webhooks' delivery
 
 from __future__ import annotations
 
-import csv
-import io
-
 from aiohttp import web
 
 from gifting.host_webhooks import HostWebhooks
 from gifting.orders import PUBLIC
 from gifting.sales_reports import SalesReports
 from gifting.schemas import AdminRefundIn, CouponCreateIn, CourseIn, CourseUpdateIn, ProgressIn
-from live.admin_api import _csv_safe, _int_query, _user_id
+from live.admin_api import _int_query, _user_id
 from live.auth import check_basic_auth
 from live.config import Settings
-from live.http_util import error_response, read_json
+from live.http_util import error_response, export_format, read_json, table_response
 from live.sales_events import SalesServices
 from rooms.errors import RoomError
 from rooms.service import RoomService
@@ -116,20 +113,12 @@ class SalesHttp:
     async def list_orders(self, request: web.Request) -> web.Response:
         """Orders, newest first, of ``?room=`` and/or ``?buyer=``; ``?format=csv`` for a spreadsheet."""
         self._authorize(request)
-        fmt = request.query.get("format", "json")
-        if fmt not in ("json", "csv"):
-            return error_response("invalid", "format must be json or csv")
+        fmt = export_format(request)
         limit = _int_query(request, "limit", 10_000, 1, 100_000) or 10_000
         rows = await self.s.orders.list(
             room_id=request.query.get("room"), buyer=request.query.get("buyer"), limit=limit
         )
-        if fmt == "json":
-            return web.json_response({"orders": rows})
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=PUBLIC)
-        writer.writeheader()
-        writer.writerows(_csv_safe(row) for row in rows)
-        return web.Response(text=out.getvalue(), content_type="text/csv")
+        return table_response(fmt, "orders", rows, PUBLIC)
 
     async def get_order(self, request: web.Request) -> web.Response:
         self._authorize(request)

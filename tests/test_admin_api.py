@@ -152,6 +152,7 @@ async def test_every_admin_route_needs_credentials_and_reads_reject_bad_input(ap
         ("GET", "/api/wallets/ana"),
         ("GET", "/api/wallets/ana/statement"),
         ("GET", "/api/ledger/transfers"),
+        ("GET", "/api/ledger/accounts"),
         ("POST", "/api/ledger/operations/k/reverse"),
         ("POST", "/api/courses"),
         ("GET", "/api/courses"),
@@ -218,6 +219,9 @@ async def test_money_routes_reject_bad_input_and_change_nothing(api: tuple[str, 
             ("/api/wallets/ana/statement", {"limit": "0"}),
             ("/api/ledger/transfers", {"format": "xml"}),
             ("/api/ledger/transfers", {"since": "-1"}),
+            ("/api/ledger/accounts", {"kind": "savings"}),
+            ("/api/ledger/accounts", {"format": "xlsx"}),
+            ("/api/ledger/accounts", {"limit": "0"}),
             ("/api/wallets/bad%20user", {}),
         ]
         for path, params in bad_gets:
@@ -236,3 +240,29 @@ async def test_money_routes_reject_bad_input_and_change_nothing(api: tuple[str, 
         assert r.status == 404
     assert await services.ledger.total() == 0
     assert (await services.gifts.wallet("ana"))["balance"] == 0
+
+
+async def test_every_wallet_exports_with_its_balance(api: tuple[str, Services]) -> None:
+    url, _ = api
+    async with aiohttp.ClientSession(headers=AUTH) as http:
+        for user, coins in (("ana", 30), ("-bob", 5), ("cy", 12)):
+            body = {"coins": coins, "idempotency_key": f"fund-{user}"}
+            async with http.post(f"{url}/api/wallets/{user}/credit", json=body) as r:
+                assert r.status == 201, await r.text()
+        async with http.get(f"{url}/api/ledger/accounts", params={"kind": "wallet"}) as r:
+            wallets = (await r.json())["accounts"]
+        assert [(w["owner"], w["balance"]) for w in wallets] == [("-bob", 5), ("ana", 30), ("cy", 12)]
+        async with http.get(f"{url}/api/ledger/accounts", params={"kind": "wallet", "limit": "2"}) as r:
+            first = (await r.json())["accounts"]
+        after = {"kind": "wallet", "after": first[-1]["id"]}
+        async with http.get(f"{url}/api/ledger/accounts", params=after) as r:
+            rest = (await r.json())["accounts"]
+        assert [w["id"] for w in first + rest] == [w["id"] for w in wallets]  # paged by id, nothing twice
+        async with http.get(f"{url}/api/ledger/accounts") as r:
+            every = (await r.json())["accounts"]
+        assert sum(a["balance"] for a in every) == 0  # the world account holds what came in
+        async with http.get(f"{url}/api/ledger/accounts", params={"kind": "wallet", "format": "csv"}) as r:
+            assert r.content_type == "text/csv"
+            lines = (await r.text()).splitlines()
+        assert lines[0] == "id,kind,owner,balance,created_at"
+        assert lines[1].startswith("wallet:-bob,wallet,'-bob,5,")  # a leading - could start a formula
