@@ -10,7 +10,11 @@ keyframe requests reach the publisher. Last, the baseline: aiortc's ``MediaRelay
 per viewer) in its own process, with the same clip and the same counting viewers, ramped one viewer at
 a time until the viewers get less than 99% of the frames.
 
-Usage: python bench/media_fanout.py [--quick]. The last line printed is one JSON object.
+With ``--workers N`` the server runs N media worker processes (``LIVE_MEDIA_WORKERS``): viewers are spread
+over them, the server's CPU time counts the workers too, and each step reports the viewers per worker and
+the cores used by each process (the server first, then its workers).
+
+Usage: python bench/media_fanout.py [--quick] [--workers N]. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -75,8 +79,7 @@ async def role_publisher(args: argparse.Namespace) -> None:
     await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
     while True:
         await asyncio.sleep(1)
-        print(json.dumps({"frames": video.count, "restarts": video.restarts, "state": pc.connectionState}),
-              flush=True)
+        print(json.dumps({"frames": video.count, "restarts": video.restarts, "state": pc.connectionState}), flush=True)
 
 
 async def role_viewers(args: argparse.Namespace) -> None:
@@ -102,11 +105,18 @@ async def role_viewers(args: argparse.Namespace) -> None:
         while True:
             await asyncio.sleep(0.5)
             receiving = sum(1 for v in viewers if v.received)
-            print(json.dumps({
-                "viewers": len(viewers), "receiving": receiving, "failed": failed,
-                "received": sum(v.received for v in viewers),
-                "frames": [v.video_frames for v in viewers],
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "viewers": len(viewers),
+                        "receiving": receiving,
+                        "failed": failed,
+                        "received": sum(v.received for v in viewers),
+                        "frames": [v.video_frames for v in viewers],
+                    }
+                ),
+                flush=True,
+            )
             if starting.done() and starting.exception():
                 raise starting.exception()  # type: ignore[misc]
 
@@ -161,7 +171,11 @@ class Worker:
     @classmethod
     async def start(cls, name: str, *argv: str) -> Worker:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            __file__,
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
             stdin=asyncio.subprocess.DEVNULL,
         )
         return cls(proc, name)
@@ -179,12 +193,43 @@ class Worker:
         self.reader.cancel()
 
 
-def user_system_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of one process."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
+def process_cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) of each process."""
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    out = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            raw = Path(f"/proc/{pid}/stat").read_text()
+            fields = raw[raw.rindex(")") + 2 :].split()
+            out[pid] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its children (the media workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    user = system = 0.0
+    for member in [pid, *children_of(pid)]:
+        try:
+            raw = Path(f"/proc/{member}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system
+
+
+def children_of(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                raw = Path(f"/proc/{entry}/stat").read_text()
+                if int(raw[raw.rindex(")") + 2 :].split()[1]) == pid:
+                    out.append(int(entry))
+    return out
 
 
 async def wait_until(check: Any, timeout: float, what: str) -> None:
@@ -230,37 +275,70 @@ async def late_join_first_frame_ms(http: aiohttp.ClientSession, whep_url: str, t
 async def ramp_sfu(args: argparse.Namespace, work: Path, clip: Path) -> dict[str, Any]:
     secret, api_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(16)
     auth = "Basic " + base64.b64encode(f"bench:{api_secret}".encode()).decode()
-    env = {"LIVE_SECRET": secret, "LIVE_API_KEY": "bench", "LIVE_API_SECRET": api_secret,
-           "LIVE_DATA_DIR": str(work / "data"), "LIVE_LOG_LEVEL": "WARNING"}
+    env = {
+        "LIVE_SECRET": secret,
+        "LIVE_API_KEY": "bench",
+        "LIVE_API_SECRET": api_secret,
+        "LIVE_DATA_DIR": str(work / "data"),
+        "LIVE_LOG_LEVEL": "WARNING",
+        "LIVE_MEDIA_WORKERS": str(args.workers),
+    }
     [(server, port)] = start_live_instances(1, env, work)
     url = f"http://127.0.0.1:{port}"
     workers: list[Worker] = []
     try:
         await wait_ready(f"{url}/readyz", [server], 60)
         async with aiohttp.ClientSession() as http:
-            async with http.post(f"{url}/api/rooms", json={"id": ROOM, "title": "Media bench"},
-                                 headers={"Authorization": auth}) as response:
+            async with http.post(
+                f"{url}/api/rooms", json={"id": ROOM, "title": "Media bench"}, headers={"Authorization": auth}
+            ) as response:
                 assert response.status == 201, await response.text()
             teacher = mint(secret, ROOM, "teacher", "teacher", TEACHER)
-            publisher = await Worker.start("publisher", "--role", "publisher", "--url", f"{url}/whip/{ROOM}",
-                                           "--token", teacher, "--clip", str(clip))
+            publisher = await Worker.start(
+                "publisher",
+                "--role",
+                "publisher",
+                "--url",
+                f"{url}/whip/{ROOM}",
+                "--token",
+                teacher,
+                "--clip",
+                str(clip),
+            )
             workers.append(publisher)
             await wait_until(lambda: publisher.last.get("state") == "connected", 20, "the publisher")
             whep = f"{url}/whep/{ROOM}"
             result: dict[str, Any] = {}
+            steps: list[list[Any]] = []
             viewers = 0
             for step in range(args.max_viewers // args.step):
-                worker = await Worker.start(f"viewers-{step}", "--role", "viewers", "--url", whep,
-                                            "--secret", secret, "--count", str(args.step), "--prefix", f"s{step}-")
+                worker = await Worker.start(
+                    f"viewers-{step}",
+                    "--role",
+                    "viewers",
+                    "--url",
+                    whep,
+                    "--secret",
+                    secret,
+                    "--count",
+                    str(args.step),
+                    "--prefix",
+                    f"s{step}-",
+                )
                 workers.append(worker)
                 viewers += args.step
                 vs = [w for w in workers if w.name.startswith("viewers")]
-                await wait_until(lambda vs=vs: all(w.last.get("receiving", 0) + w.last.get("failed", 0) >= args.step
-                                                   for w in vs), 60, f"{viewers} viewers receiving")
+                await wait_until(
+                    lambda vs=vs: all(w.last.get("receiving", 0) + w.last.get("failed", 0) >= args.step for w in vs),
+                    60,
+                    f"{viewers} viewers receiving",
+                )
                 await asyncio.sleep(1.0)  # let the step settle
                 before = await media_stats(http, url, auth)
                 cpu0 = tree_cpu_seconds([server.pid])[server.pid]
                 _user0, system0 = user_system_seconds(server.pid)
+                members = [server.pid, *sorted(children_of(server.pid))]
+                split0 = process_cpu_seconds(members)
                 busy0, total0 = machine_busy()
                 got0 = sum(w.last.get("received", 0) for w in vs)
                 t0 = time.monotonic()
@@ -268,6 +346,7 @@ async def ramp_sfu(args: argparse.Namespace, work: Path, clip: Path) -> dict[str
                 after = await media_stats(http, url, auth, window_s=args.hold)
                 cpu1 = tree_cpu_seconds([server.pid])[server.pid]
                 _user1, system1 = user_system_seconds(server.pid)
+                split1 = process_cpu_seconds(members)
                 busy1, total1 = machine_busy()
                 got1 = sum(w.last.get("received", 0) for w in vs)
                 elapsed = time.monotonic() - t0
@@ -278,15 +357,29 @@ async def ramp_sfu(args: argparse.Namespace, work: Path, clip: Path) -> dict[str
                 shortfall = max(0.0, 1 - received / expected) if expected else 1.0
                 cpu = cpu1 - cpu0
                 row = {
-                    "viewers": viewers, "server_cores": round(cpu / elapsed, 3),
-                    "pps_in": round(packets_in / elapsed, 1), "shortfall": round(shortfall, 4),
-                    "forward_p50_ms": after["forward_p50_ms"], "forward_p99_ms": after["forward_p99_ms"],
+                    "viewers": viewers,
+                    "server_cores": round(cpu / elapsed, 3),
+                    "pps_in": round(packets_in / elapsed, 1),
+                    "shortfall": round(shortfall, 4),
+                    "sent_ratio": round(packets_out / expected, 4) if expected else None,
+                    "forward_p50_ms": after["forward_p50_ms"],
+                    "forward_p99_ms": after["forward_p99_ms"],
                     "cpu_us_per_packet_per_viewer": round(cpu / packets_out * 1e6, 2) if packets_out else None,
                     "machine_busy": round((busy1 - busy0) / (total1 - total0), 2),
                     "system_share": round((system1 - system0) / cpu, 2) if cpu else None,
                     "failed": sum(w.last.get("failed", 0) for w in vs),
+                    "worker_viewers": [w["viewers"] for w in after.get("workers", [])],
+                    "cores_by_process": [
+                        round((split1[pid] - split0[pid]) / elapsed, 3)
+                        for pid in members
+                        if pid in split0 and pid in split1
+                    ],
+                    "handover_drops": sum(w["handover_drops"] for w in after.get("workers", [])),
+                    "late_drops": sum(w["late_drops"] for w in after.get("workers", [])),
+                    "send_drops": sum(w["send_drops"] for w in after.get("workers", [])),
                 }
                 log(f"sfu step: {row}")
+                steps.append([viewers, row["forward_p99_ms"], row["shortfall"], row["cores_by_process"]])
                 held = shortfall <= MAX_SHORTFALL and (row["forward_p99_ms"] or 0) <= MAX_FORWARD_P99_MS
                 if not held:
                     break
@@ -294,6 +387,7 @@ async def ramp_sfu(args: argparse.Namespace, work: Path, clip: Path) -> dict[str
             log("late join: a decoding viewer")
             late_ms = await late_join_first_frame_ms(http, whep, mint(secret, ROOM, "late", "student", STUDENT))
             result["late_join_first_frame_ms"] = round(late_ms, 1)
+            result["steps"] = steps
             return result
     finally:
         for w in workers:
@@ -310,8 +404,17 @@ async def ramp_relay(args: argparse.Namespace, work: Path, clip: Path) -> dict[s
         await wait_until(lambda: relay.last.get("ready"), 30, "the relay")
         await asyncio.sleep(2)
         for viewers in range(1, args.relay_max + 1):
-            worker = await Worker.start(f"relay-viewer-{viewers}", "--role", "viewers", "--url",
-                                        f"http://127.0.0.1:{port}/whep", "--count", "1", "--prefix", "r")
+            worker = await Worker.start(
+                f"relay-viewer-{viewers}",
+                "--role",
+                "viewers",
+                "--url",
+                f"http://127.0.0.1:{port}/whep",
+                "--count",
+                "1",
+                "--prefix",
+                "r",
+            )
             workers.append(worker)
             await wait_until(lambda: all(w.last.get("receiving") for w in workers), 30, "relay viewers")
             await asyncio.sleep(1.5)
@@ -346,10 +449,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         sfu = await ramp_sfu(args, work, clip)
         relay = await ramp_relay(args, work, clip)
     viewers_per_core = round(sfu["viewers"] / sfu["server_cores"]) if sfu.get("server_cores") else 0
-    relay_per_core = (
-        round(relay["viewers"] / relay["server_cores"], 2) if relay.get("server_cores") else 0.0
-    )
+    relay_per_core = round(relay["viewers"] / relay["server_cores"], 2) if relay.get("server_cores") else 0.0
     return {
+        "workers": args.workers,
         "viewers_per_core": viewers_per_core,
         "cpu_us_per_packet_per_viewer": sfu.get("cpu_us_per_packet_per_viewer"),
         "forward_p99_ms": sfu.get("forward_p99_ms"),
@@ -361,6 +463,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "shortfall_at_max": sfu.get("shortfall"),
         "pps_per_viewer": sfu.get("pps_in"),
         "relay_viewers_sustained": relay.get("viewers"),
+        "worker_viewers_at_max": sfu.get("worker_viewers"),
+        "steps_viewers_p99_shortfall_cores_by_process": sfu.get("steps"),
     }
 
 
@@ -379,6 +483,7 @@ def main() -> None:
     p.add_argument("--max-viewers", type=int, default=1000)
     p.add_argument("--hold", type=float, default=5.0, help="seconds measured per step")
     p.add_argument("--relay-max", type=int, default=8)
+    p.add_argument("--workers", type=int, default=0, help="media worker processes in the server (0: none)")
     p.add_argument("--work", help="keep the server's log and data here instead of a temporary directory")
     args = p.parse_args()
     roles = {"publisher": role_publisher, "viewers": role_viewers, "relay": role_relay}

@@ -181,7 +181,13 @@ def create_app(settings: Settings) -> web.Application:
     )
     checkouts.course_orders = orders
     sales = SalesServices(catalogue, sales_service, coupons, orders)
-    media = MediaService(republish_grace_s=settings.media_republish_grace_s, announce=publish)
+    media = MediaService(
+        republish_grace_s=settings.media_republish_grace_s,
+        announce=publish,
+        workers=settings.media_workers,
+        name=settings.instance_id,
+        log_level=settings.log_level,
+    )
     metrics.watch_media(media.figures)
 
     async def emit_to(event: str, data: dict[str, Any], sid: str) -> None:
@@ -223,6 +229,7 @@ def create_app(settings: Settings) -> web.Application:
         transcript.start()
         qa_recorder.start()
         media.start()
+        await media.start_workers()
         await router.start()
         webhooks.start()
         housekeeping = asyncio.create_task(_housekeeping(services), name="housekeeping")

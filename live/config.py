@@ -56,6 +56,7 @@ class Settings:
     stripe_webhook_secret: str = ""
     log_level: str = "INFO"
     media_republish_grace_s: int = 15
+    media_workers: int = 0
     ice_servers: tuple[str, ...] = ()
 
     @property
@@ -139,6 +140,7 @@ class Settings:
                 host_webhook_secret=env.get("LIVE_HOST_WEBHOOK_SECRET") or _local_secret(data_dir, "webhook_secret"),
             ),
             "media_republish_grace_s": _int(env, "LIVE_MEDIA_REPUBLISH_GRACE_S", 15, 0, 600),
+            "media_workers": _media_workers(env),
             "ice_servers": _ice_servers(env),
             "log_level": _choice(env, "LIVE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         }
@@ -159,6 +161,13 @@ def normalize_database_url(url: str) -> str:
     if base in ("postgresql", "postgres"):
         return f"postgresql+asyncpg://{rest}"
     raise ConfigError(f"LIVE_DATABASE_URL: unsupported database {scheme!r} (use sqlite or postgresql)")
+
+
+def _media_workers(env: dict[str, str]) -> int:
+    """``LIVE_MEDIA_WORKERS``: media worker processes (0: forward in the server process), or ``auto``: one per core."""
+    if env.get("LIVE_MEDIA_WORKERS", "").strip().lower() == "auto":
+        return max(1, os.cpu_count() or 1)
+    return _int(env, "LIVE_MEDIA_WORKERS", 0, 0, 256)
 
 
 def _catalogue(env: dict[str, str]) -> tuple[Gift, ...]:

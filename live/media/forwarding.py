@@ -13,11 +13,13 @@ switches camera, so a viewer's decoder sees one stream. Video sinks start (and r
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
@@ -27,6 +29,21 @@ from live.media.rtp import keyframe_detector, mid_extension_block
 
 NACK_HISTORY = 512  # packets per video sink: about 3 s of 1.2 Mbps video
 KEYFRAME_REQUEST_INTERVAL_S = 0.5
+
+_source_keys = itertools.count(1)
+
+
+class Outlet(Protocol):
+    """Another process's viewers of a source (a media worker): it receives each packet once."""
+
+    def forward(self, key: int, arrival: float, ssrc: int, seq: int, ts: int, marker: int, payload: bytes) -> None:
+        """Hand one packet of source ``key`` on, with the time it arrived here."""
+
+    def restart(self, key: int) -> None:
+        """Source ``key`` changed publisher: its viewers resume at the next keyframe."""
+
+    def drop(self, key: int) -> None:
+        """Source ``key`` is gone."""
 
 
 @dataclass(frozen=True)
@@ -169,8 +186,10 @@ class TrackSink:
 class TrackSource:
     """One published track and the sinks it feeds."""
 
-    def __init__(self, info: TrackInfo, codec: RTCRtpCodecParameters) -> None:
+    def __init__(self, info: TrackInfo, codec: RTCRtpCodecParameters, key: int | None = None) -> None:
         self.info = info
+        self.key = next(_source_keys) if key is None else key  # names the source to media workers
+        self.outlets: list[Outlet] = []  # media workers with viewers of this source (shared by a room's sources)
         self.codec = codec  # as negotiated with the publisher; viewers are offered exactly this codec
         self.mime_type: str = codec.mimeType
         self.clock_rate: int = codec.clockRate
@@ -182,6 +201,7 @@ class TrackSource:
         )
         self._request_keyframe: Callable[[int], None] | None = None
         self._last_keyframe_request = 0.0
+        self.keyframe_interval_s = KEYFRAME_REQUEST_INTERVAL_S
         self._deferred: asyncio.TimerHandle | None = None
         self._arrival: Callable[[], float] = time.time
         self._observe: Callable[[float, float, float], None] | None = None
@@ -193,6 +213,8 @@ class TrackSource:
         self.media_ssrc = None
         for sink in self.sinks:
             sink.restart()
+        for outlet in self.outlets:
+            outlet.restart(self.key)
 
     def observe_delays(self, observe: Callable[[float, float, float], None]) -> None:
         """``observe(arrival, start, end)`` per forwarded packet (``time.time()`` clock): the packet
@@ -217,7 +239,7 @@ class TrackSource:
         if self._request_keyframe is None or self.media_ssrc is None:
             return
         now = time.monotonic()
-        wait = self._last_keyframe_request + KEYFRAME_REQUEST_INTERVAL_S - now
+        wait = self._last_keyframe_request + self.keyframe_interval_s - now
         if wait > 0:
             if self._deferred is None:
                 self._deferred = asyncio.get_running_loop().call_later(wait, self._send_deferred)
@@ -235,19 +257,29 @@ class TrackSource:
             self._deferred.cancel()
             self._deferred = None
         self._request_keyframe = None
+        for outlet in self.outlets:
+            outlet.drop(self.key)
 
     def on_packet(self, packet: RtpPacket) -> None:
-        """Forward one publisher packet to every sink."""
+        """Forward one publisher packet to every sink, and once to each outlet (media worker)."""
         payload = packet.payload
         if not payload:  # padding-only: nothing for viewers
             return
+        if self.outlets:
+            arrival = self._arrival()
+            key = self.key
+            for outlet in self.outlets:
+                outlet.forward(
+                    key, arrival, packet.ssrc, packet.sequence_number, packet.timestamp, packet.marker, payload
+                )
+        self.forward(packet.ssrc, packet.sequence_number, packet.timestamp, packet.marker, payload)
+
+    def forward(self, ssrc: int, seq: int, ts: int, marker: int, payload: bytes) -> None:
+        """Forward one packet's payload to every sink (a media worker calls this for the packets it is handed)."""
         if self.media_ssrc is None:
-            self.media_ssrc = packet.ssrc
+            self.media_ssrc = ssrc
             if any(sink.resync for sink in self.sinks) and self._is_keyframe is not None:
                 self.request_keyframe()
-        seq = packet.sequence_number
-        ts = packet.timestamp
-        marker = packet.marker
         is_keyframe = self._is_keyframe
         keyframe: bool | None = None
         start = time.time()

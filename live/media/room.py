@@ -4,30 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiortc import clock
 
 from live.media.errors import MediaError
-from live.media.forwarding import TrackInfo, TrackSource
+from live.media.forwarding import Outlet, TrackInfo, TrackSource
 from live.media.internals import tap_receiver
 from live.media.publisher import PublishedTrack, Publisher
-from live.media.viewer import OfferSender, Viewer
+from live.media.viewer import LostHandler, OfferSender, Viewer, ViewerPeer
 
 log = logging.getLogger(__name__)
+
+#: Creates a viewer for a room: ``make(room, viewer_id, user_id, send_offer, on_lost)``.
+ViewerFactory = Callable[["MediaRoom", str, str, OfferSender | None, LostHandler | None], Awaitable[ViewerPeer]]
+
+
+async def local_viewer(
+    room: MediaRoom, viewer_id: str, user_id: str, send_offer: OfferSender | None, on_lost: LostHandler | None
+) -> ViewerPeer:
+    """A viewer whose peer connection lives in this process (no media workers)."""
+    return Viewer(viewer_id, user_id, send_offer)
 
 
 class MediaRoom:
     """Publishers and viewers of one room. Track changes are pushed to every viewer."""
 
     def __init__(
-        self, room_id: str, *, republish_grace_s: float, observe_delay: Callable[[float, float, float], None]
+        self,
+        room_id: str,
+        *,
+        republish_grace_s: float,
+        observe_delay: Callable[[float, float, float], None],
+        make_viewer: ViewerFactory = local_viewer,
     ) -> None:
         self.room_id = room_id
         self.sources: dict[str, TrackSource] = {}
         self.publishers: dict[tuple[str, str], Publisher] = {}
-        self.viewers: dict[str, Viewer] = {}
+        self.viewers: dict[str, ViewerPeer] = {}
+        self.outlets: list[Outlet] = []  # media workers holding viewers of this room; shared by its sources
+        self._make_viewer = make_viewer
         self.stage: set[str] = set()  # students invited to publish
         self._grace_s = republish_grace_s
         self._observe_delay = observe_delay
@@ -87,6 +104,7 @@ class MediaRoom:
         if source is None:
             info = TrackInfo(source_id=source_id, user_id=user_id, label=track.label, kind=track.kind)
             source = TrackSource(info, codec)
+            source.outlets = self.outlets
             source.observe_delays(self._observe_delay)
             self.sources[source_id] = source
         arrival = publisher.arrival
@@ -143,24 +161,33 @@ class MediaRoom:
         self._orphan_timers[key] = loop.call_later(self._grace_s, expire)
 
     # viewing
-    async def watch(self, viewer_id: str, user_id: str, send_offer: OfferSender) -> Viewer:
-        """Start a viewer whose offers go out through ``send_offer``; replaces that viewer's earlier one."""
+    async def watch(
+        self, viewer_id: str, user_id: str, send_offer: OfferSender, on_lost: LostHandler | None = None
+    ) -> ViewerPeer:
+        """Start a viewer whose offers go out through ``send_offer``; replaces that viewer's earlier one.
+        ``on_lost`` tells its client to watch again if its connection is lost (a media worker died)."""
         if self.closed:
             raise MediaError("not_live", "this room's media has ended")
         await self.leave(viewer_id)
-        viewer = Viewer(viewer_id, user_id, send_offer)
+        viewer = await self._make_viewer(self, viewer_id, user_id, send_offer, on_lost)
+        if self.closed:
+            await viewer.close()
+            raise MediaError("not_live", "this room's media has ended")
         viewer.on_failed = lambda v: self._spawn(self._viewer_failed(v))
         self.viewers[viewer_id] = viewer
         await viewer.update(self.sources)
         return viewer
 
-    async def answer_viewer(self, viewer_id: str, offer_sdp: str, user_id: str) -> tuple[Viewer, str]:
+    async def answer_viewer(self, viewer_id: str, offer_sdp: str, user_id: str) -> tuple[ViewerPeer, str]:
         """WHEP: answer a viewer's own offer with the room's current tracks."""
         if self.closed:
             raise MediaError("not_live", "this room's media has ended")
         if not self.sources:
             raise MediaError("not_live", "nobody is publishing in this room")
-        viewer = Viewer(viewer_id, user_id, None)
+        viewer = await self._make_viewer(self, viewer_id, user_id, None, None)
+        if self.closed:
+            await viewer.close()
+            raise MediaError("not_live", "this room's media has ended")
         viewer.on_failed = lambda v: self._spawn(self._viewer_failed(v))
         self.viewers[viewer_id] = viewer
         try:
@@ -183,7 +210,7 @@ class MediaRoom:
         await viewer.close()
         return True
 
-    async def _viewer_failed(self, viewer: Viewer) -> None:
+    async def _viewer_failed(self, viewer: ViewerPeer) -> None:
         if self.viewers.get(viewer.viewer_id) is viewer:
             await self.leave(viewer.viewer_id)
 

@@ -19,7 +19,7 @@ from typing import Any
 from live.media.bus import MediaBus
 from live.media.errors import MediaError
 from live.media.service import MediaService
-from live.media.viewer import Viewer
+from live.media.viewer import LostHandler, OfferSender
 from rooms.errors import RoomError
 from rooms.identity import Grants, Identity, Role
 
@@ -147,7 +147,9 @@ class MediaRouter:
         viewer_id = f"{self.me}/{sid}"
         if owner == self.me:
             self._watching.pop(sid, None)
-            await self.media.watch(who, viewer_id, self._offer_sender(self.me, sid))
+            await self.media.watch(
+                who, viewer_id, self._offer_sender(self.me, sid), on_lost=self._restarter(self.me, sid)
+            )
             return
         await self.bus.request(owner, {"op": "watch", "who": identity_wire(who), "viewer": viewer_id, "sid": sid})
         self._watching[sid] = Remote(who.room_id, owner)
@@ -212,8 +214,8 @@ class MediaRouter:
             await self.bus.release(room_id)
 
     # offers to viewers
-    def _offer_sender(self, instance: str, sid: str) -> Callable[[Viewer, dict[str, Any]], Awaitable[None]]:
-        async def send(viewer: Viewer, payload: dict[str, Any]) -> None:
+    def _offer_sender(self, instance: str, sid: str) -> OfferSender:
+        async def send(viewer: Any, payload: dict[str, Any]) -> None:
             if instance == self.me:
                 await self._emit("media:offer", payload, sid)
             else:
@@ -222,11 +224,27 @@ class MediaRouter:
 
         return send
 
+    def _restarter(self, instance: str, sid: str) -> LostHandler:
+        """Tells the socket ``sid`` (here or on ``instance``) that its viewer is lost: it watches again."""
+        payload = {"reason": "the media worker restarted"}
+
+        async def restart() -> None:
+            if instance == self.me:
+                await self._emit("media:restart", payload, sid)
+            else:
+                with contextlib.suppress(MediaError):
+                    await self.bus.notify(instance, {"op": "restart", "sid": sid, "payload": payload})
+
+        return restart
+
     # requests from other instances
     async def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
         op = message["op"]
         if op == "offer":
             await self._emit("media:offer", message["payload"], message["sid"])
+            return None
+        if op == "restart":
+            await self._emit("media:restart", message["payload"], message["sid"])
             return None
         who = identity_from(message["who"])
         if op != "leave" and op != "disconnect_publisher" and await self.bus.owner(who.room_id) != self.me:
@@ -243,7 +261,9 @@ class MediaRouter:
             return None
         if op == "watch":
             instance, _, sid = message["viewer"].partition("/")
-            await self.media.watch(who, message["viewer"], self._offer_sender(instance, sid))
+            await self.media.watch(
+                who, message["viewer"], self._offer_sender(instance, sid), on_lost=self._restarter(instance, sid)
+            )
             return {}
         if op == "answer":
             await self.media.answer(who, message["viewer"], message["sdp"])

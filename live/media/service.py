@@ -11,8 +11,9 @@ from typing import Any
 
 from live.media.delays import ForwardDelays
 from live.media.errors import MediaError
-from live.media.room import MediaRoom
-from live.media.viewer import OfferSender, Viewer
+from live.media.room import MediaRoom, local_viewer
+from live.media.viewer import LostHandler, OfferSender, ViewerPeer
+from live.media.workers import WorkerFigures, WorkerPool
 from rooms.errors import RoomError, forbidden
 from rooms.identity import Identity
 
@@ -36,23 +37,46 @@ class MediaFigures:
     forward_p50_ms: float | None
     forward_p99_ms: float | None
     forward_last_copy_p99_ms: float | None
+    workers: tuple[WorkerFigures, ...] = ()
 
 
 class MediaService:
-    """Creates each room's ``MediaRoom`` on first use, refreshes sender reports, drops empty rooms."""
+    """Creates each room's ``MediaRoom`` on first use, refreshes sender reports, drops empty rooms.
 
-    def __init__(self, *, republish_grace_s: float = 15.0, announce: Announce | None = None) -> None:
+    With ``workers`` > 0, viewers' peer connections live in that many worker processes
+    (``live/media/workers.py``); start them with :meth:`start_workers`."""
+
+    def __init__(
+        self,
+        *,
+        republish_grace_s: float = 15.0,
+        announce: Announce | None = None,
+        workers: int = 0,
+        name: str = "media",
+        log_level: str = "INFO",
+    ) -> None:
         self.rooms: dict[str, MediaRoom] = {}
         self._announce = announce
         self._grace_s = republish_grace_s
         self.delays = ForwardDelays()
         self._task: asyncio.Task[None] | None = None
         self._closed_totals = (0, 0, 0)
+        self.workers = WorkerPool(workers, self.delays.observe, name=name, log_level=log_level) if workers > 0 else None
+
+    async def start_workers(self) -> None:
+        """Start the media worker processes, if any; returns when every one of them answers."""
+        if self.workers is not None:
+            await self.workers.start()
 
     def room(self, room_id: str) -> MediaRoom:
         room = self.rooms.get(room_id)
         if room is None or room.closed:
-            room = MediaRoom(room_id, republish_grace_s=self._grace_s, observe_delay=self.delays.observe)
+            room = MediaRoom(
+                room_id,
+                republish_grace_s=self._grace_s,
+                observe_delay=self.delays.observe,
+                make_viewer=self.workers.viewer if self.workers is not None else local_viewer,
+            )
             self.rooms[room_id] = room
         return room
 
@@ -116,10 +140,13 @@ class MediaService:
         room = self.rooms.get(who.room_id)
         return room is not None and await room.unpublish(who.user_id, stream)
 
-    async def watch(self, who: Identity, viewer_id: str, send_offer: OfferSender) -> Viewer:
+    async def watch(
+        self, who: Identity, viewer_id: str, send_offer: OfferSender, *, on_lost: LostHandler | None = None
+    ) -> ViewerPeer:
+        """Start ``who``'s viewer; ``on_lost`` tells its client to watch again if a media worker dies."""
         room = self.room(who.room_id)
         try:
-            return await room.watch(viewer_id, who.user_id, send_offer)
+            return await room.watch(viewer_id, who.user_id, send_offer, on_lost)
         except BaseException:
             self._drop_if_idle(room)
             raise
@@ -182,6 +209,8 @@ class MediaService:
                 packets_in += source.stats.packets_in
                 packets_out += source.stats.packets_out
                 keyframes += source.stats.keyframe_requests
+        if self.workers is not None:
+            packets_out += self.workers.packets_out
         delays = self.delays.figures(window_s)
         return MediaFigures(
             rooms=len(self.rooms),
@@ -194,6 +223,7 @@ class MediaService:
             forward_p50_ms=delays.p50_ms,
             forward_p99_ms=delays.p99_ms,
             forward_last_copy_p99_ms=delays.last_copy_p99_ms,
+            workers=self.workers.figures() if self.workers is not None else (),
         )
 
     # housekeeping
@@ -221,3 +251,5 @@ class MediaService:
         rooms = list(self.rooms.values())
         self.rooms.clear()
         await asyncio.gather(*(room.close() for room in rooms), return_exceptions=True)
+        if self.workers is not None:
+            await self.workers.close()

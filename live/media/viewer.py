@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpCodecCapability, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, AnyRtcpPacket, RtcpPsfbPacket, RtcpRtpfbPacket
@@ -55,7 +55,37 @@ class Slot:
         return self.transceiver.mid
 
 
-OfferSender = Callable[["Viewer", dict[str, Any]], Awaitable[None]]
+#: Sends an offer (or a new track list) to a viewer's client: ``send_offer(viewer, payload)``.
+OfferSender = Callable[[Any, dict[str, Any]], Awaitable[None]]
+#: Tells a viewer's client that its connection is lost and it must watch again (``media:restart``).
+LostHandler = Callable[[], Awaitable[None]]
+
+
+class ViewerPeer(Protocol):
+    """What a room needs of a viewer: a ``Viewer`` here, or one living in a media worker process."""
+
+    viewer_id: str
+    user_id: str
+    on_failed: Callable[[Any], None] | None
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+
+    async def update(self, sources: dict[str, TrackSource]) -> None:
+        """The room's tracks changed: rebind, and offer again if needed."""
+
+    async def accept_answer(self, answer_sdp: str) -> None:
+        """Apply the viewer's answer to the last offer."""
+
+    async def answer_offer(self, offer_sdp: str, sources: dict[str, TrackSource]) -> str:
+        """Answer the viewer's own offer (WHEP) with ``sources``."""
+
+    def refresh_sender_reports(self, ntp_now: int) -> None:
+        """Give each sender's next RTCP sender report the figures of what was sent."""
+
+    async def close(self) -> None:
+        """Close the peer connection; idempotent."""
 
 
 class Viewer:
@@ -73,7 +103,7 @@ class Viewer:
         self._closed = False
         self._sources: dict[str, TrackSource] = {}
         self.pc.on("connectionstatechange", self._state_changed)
-        self.on_failed: Callable[[Viewer], None] | None = None
+        self.on_failed: Callable[[Any], None] | None = None
 
     @property
     def closed(self) -> bool:
