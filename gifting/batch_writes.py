@@ -1,21 +1,90 @@
-"""The rows one ledger batch writes: collected while its operations are accepted, written at the end."""
+"""The rows one ledger batch writes: collected while its operations are accepted, written at the end.
+
+Besides the ledger's own rows, an operation may bring :class:`Row` s (an order, its webhooks, the
+entitlement it grants) and :class:`Count` s (the seats it takes): the batch writes each kind of row in one
+statement and each counter once, however many operations it holds. The end of a batch runs in a fixed
+order: first everything that touches rows of one buyer, then the rows that every operation of a hot sale
+touches (counters, then the shared accounts, in id order), so those are locked only while the batch
+finishes and commits.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import Table, Text, cast, func, insert, literal, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Insert
 
 from gifting import tables as t
 from gifting.plans import Leg, Plan
+from rooms.errors import RoomError
 
 _OUTBOX_IDS = itertools.count()
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row an accepted operation inserts. The rows of a batch that share ``into`` (an INSERT without
+    values, possibly with ON CONFLICT) go in one statement, after the ledger's own rows.
+
+    With ``key`` (columns that identify the row), a row the statement does not write (ON CONFLICT DO
+    NOTHING, or DO UPDATE ... WHERE that does not hold) refuses its operation with ``error``, and the batch
+    is applied again without it. Without ``key``, a conflict fails the batch, which is then applied one
+    operation at a time (the one at fault is refused with ``conflict``)."""
+
+    into: Insert
+    values: dict[str, Any]
+    key: tuple[str, ...] = ()
+    error: RoomError | None = None
+
+
+@dataclass(frozen=True)
+class Count:
+    """An increment of a guarded counter (a sale's or a course's seats taken) in a row that many operations
+    change at once. A batch adds up its operations' increments and writes each counter with one UPDATE,
+    guarded by ``column + total <= limit``, by ``window[0] <= at < window[1]`` for every operation's ``at``,
+    and by ``unset`` columns being NULL; it runs near the end of the batch, so the row is locked only while
+    the batch commits. If the guard refuses, the batch is applied again one operation at a time, and the
+    operation refused gets ``error``."""
+
+    table: Table
+    row_id: str
+    column: str
+    limit: str
+    amount: int
+    error: RoomError
+    window: tuple[str, str] | None = None
+    at: int = 0
+    unset: tuple[str, ...] = ()
+
+    def group(self) -> tuple[str, str, str, str, tuple[str, str] | None, tuple[str, ...]]:
+        return (self.table.name, self.row_id, self.column, self.limit, self.window, self.unset)
+
+
+class RowsRefused(Exception):
+    """Rows with a ``key`` the batch did not write: their operations are refused, the batch is retried
+    without them."""
+
+    def __init__(self, refused: dict[int, RoomError]) -> None:
+        super().__init__(f"{len(refused)} operations refused by their rows")
+        #: Index of the operation in the batch -> its error.
+        self.refused = refused
+
+
+class CountRefused(Exception):
+    """A counter's guard refused the batch's total."""
+
+    def __init__(self, error: RoomError) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 class BatchWrites:
@@ -36,6 +105,11 @@ class BatchWrites:
         self.spent: dict[str, int] = {}
         self.outbox: list[dict[str, Any]] = []
         self.audit: list[dict[str, Any]] = []
+        #: (index of the operation in the batch, row) of the accepted operations.
+        self.rows: list[tuple[int, Row]] = []
+        self.counts: list[Count] = []
+        #: Accounts whose balance the batch checked under lock; the others are locked at the end.
+        self.locked: set[str] = set()
 
     def accept(self, plan: Plan, digest: str, legs: list[Leg], result: dict[str, Any], now: int) -> None:
         self.operations.append(
@@ -90,6 +164,11 @@ class BatchWrites:
     def close_hold(self, hold_id: str, status: str, now: int) -> None:
         self.closed.append((hold_id, status, now))
 
+    def extra(self, index: int, rows: tuple[Row, ...], counts: tuple[Count, ...]) -> None:
+        """An accepted operation's own rows and counters."""
+        self.rows.extend((index, row) for row in rows)
+        self.counts.extend(counts)
+
     async def flush(
         self,
         conn: AsyncConnection,
@@ -98,11 +177,11 @@ class BatchWrites:
         is_pg: bool,
         reversals: dict[str, list[dict[str, Any]]],
     ) -> None:
+        """Write the batch: the buyer's rows first, then the counters and balances every operation shares."""
         await conn.execute(insert(t.operations), self.operations)
         rows = [self._transfer_row(r, reversals) for r in self.transfers]
         if rows:
             await conn.execute(insert(t.transfers), rows)
-        await self._update_balances(conn, is_pg)
         if self.holds:
             await conn.execute(insert(t.holds), self.holds)
         for hold_id, status, at in self.closed:
@@ -132,6 +211,57 @@ class BatchWrites:
         if self.audit:
             await conn.execute(insert(t.audit_log), self.audit)
 
+        await self._insert_rows(conn, is_pg)
+        await self._write_counts(conn)
+        await self._update_balances(conn, is_pg)
+
+    async def _insert_rows(self, conn: AsyncConnection, is_pg: bool) -> None:
+        groups: dict[Insert, list[tuple[int, Row]]] = {}
+        for index, row in self.rows:
+            groups.setdefault(row.into, []).append((index, row))
+        refused: dict[int, RoomError] = {}
+        # Rows that may refuse their operation first: if one does, the rest need not be written.
+        for into, rows in sorted(groups.items(), key=lambda g: not g[1][0][1].key):
+            key = rows[0][1].key
+            if not key:
+                if refused:
+                    break
+                await conn.execute(into, [row.values for _, row in rows])
+                continue
+            table = into.table
+            assert isinstance(table, Table)
+            returning = [table.c[k] for k in key]
+            values = [r.values for _, r in rows]
+            statement = _from_arrays(into, table, values) if is_pg else None
+            if statement is not None:
+                result = await conn.execute(statement.returning(*returning))
+            else:
+                result = await conn.execute(into.returning(*returning), values)
+            written = {tuple(r) for r in result}
+            for index, row in rows:
+                if tuple(row.values[k] for k in key) not in written:
+                    refused[index] = row.error or RoomError("conflict", "this conflicts with what is stored")
+        if refused:
+            raise RowsRefused(refused)
+
+    async def _write_counts(self, conn: AsyncConnection) -> None:
+        groups: dict[tuple[Any, ...], list[Count]] = {}
+        for count in self.counts:
+            groups.setdefault(count.group(), []).append(count)
+        for _, counts in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2])):
+            first = counts[0]
+            table, total = first.table, sum(c.amount for c in counts)
+            (pk,) = table.primary_key.columns
+            column = table.c[first.column]
+            conditions = [pk == first.row_id, column + total <= table.c[first.limit]]
+            if first.window is not None:
+                opens, ends = first.window
+                conditions += [table.c[opens] <= min(c.at for c in counts), table.c[ends] > max(c.at for c in counts)]
+            conditions += [table.c[name].is_(None) for name in first.unset]
+            done = await conn.execute(update(table).where(*conditions).values({first.column: column + total}))
+            if done.rowcount != 1:
+                raise CountRefused(first.error)
+
     @staticmethod
     def _transfer_row(row: dict[str, Any], reversals: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         out = {k: v for k, v in row.items() if k != "reverses_of"}
@@ -152,13 +282,23 @@ class BatchWrites:
         if not changed:
             return
         if is_pg:
+            # The accounts not locked yet are locked first, in id order (the UPDATE's join may visit rows in
+            # any order): two batches that credit the same accounts never wait for each other in a cycle.
+            # Arrays of text only: asyncpg looks up other array types on each new connection (a slow query).
             result = await conn.execute(
                 text(
+                    "WITH late AS MATERIALIZED (SELECT id FROM ledger_accounts WHERE id = ANY(CAST(:late AS text[])) "
+                    "ORDER BY id FOR NO KEY UPDATE) "
                     "UPDATE ledger_accounts AS a SET balance = a.balance + v.d "
-                    "FROM unnest(CAST(:ids AS text[]), CAST(:ds AS bigint[])) AS v(id, d) "
-                    "WHERE a.id = v.id AND (a.may_go_negative OR a.balance + v.d >= 0)"
+                    "FROM unnest(CAST(:ids AS text[]), CAST(CAST(:ds AS text[]) AS bigint[])) AS v(id, d) "
+                    "WHERE a.id = v.id AND (a.may_go_negative OR a.balance + v.d >= 0) "
+                    "AND (SELECT count(*) FROM late) >= 0"
                 ),
-                {"ids": [c[0] for c in changed], "ds": [c[1] for c in changed]},
+                {
+                    "late": [c[0] for c in changed if c[0] not in self.locked],
+                    "ids": [c[0] for c in changed],
+                    "ds": [str(c[1]) for c in changed],
+                },
             )
         else:
             result = await conn.execute(
@@ -171,3 +311,31 @@ class BatchWrites:
         if result.rowcount != len(changed):
             # The guard refused an update that the checks under lock allowed: never commit that.
             raise IntegrityError("guarded balance update refused", None, Exception(str(changed)))
+
+
+def _from_arrays(into: Insert, table: Table, rows: list[dict[str, Any]]) -> Insert | None:
+    """``into`` as INSERT ... SELECT unnest(column arrays) (PostgreSQL): the same SQL for any number of rows,
+    so the connection's prepared statement is used again instead of a new one per batch size (a round trip
+    more). None for values other than text, numbers, booleans and NULL."""
+    columns = list(rows[0])
+    names = rows[0].keys()
+    arrays: list[list[str | None]] = [[] for _ in columns]
+    for row in rows:
+        if row.keys() != names:
+            return None
+        for array, column in zip(arrays, columns, strict=True):
+            value = row[column]
+            if value is None or isinstance(value, str):
+                array.append(value)
+            elif isinstance(value, bool):
+                array.append("true" if value else "false")
+            elif isinstance(value, int):
+                array.append(str(value))
+            else:
+                return None
+    # Text arrays cast in SQL: asyncpg looks up other array types on each new connection (a slow query).
+    unnest = [
+        func.unnest(cast(literal(array, ARRAY(Text)), ARRAY(table.c[column].type)))
+        for array, column in zip(arrays, columns, strict=True)
+    ]
+    return into.from_select(columns, select(*unnest))

@@ -13,8 +13,12 @@ Rules (DESIGN.md "Money"; TigerBeetle's and Stripe's):
 
 Group commit: operations submitted concurrently are applied together, many per database transaction, in
 submission order; each is accepted or refused on its own. SQLite transactions take the write lock up front
-(``BEGIN IMMEDIATE``); PostgreSQL locks the touched accounts in id order and retries on serialization
-failures and deadlocks.
+(``BEGIN IMMEDIATE``). PostgreSQL locks in id order, at the start, the accounts whose balance a check needs
+(wallets and held coins, and any account the batch debits); accounts only credited or allowed below zero
+(a teacher's earnings, the platform's revenue, the outside world: the rows every sale touches) are locked
+at the end, in id order, when their balances are written, so the batches of several instances overlap
+everywhere but there. Batches are retried on serialization failures and deadlocks. On PostgreSQL the
+transactions run in a writer thread with its own event loop and connections (:class:`WriterThread`).
 """
 
 from __future__ import annotations
@@ -23,18 +27,22 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, Text, any_, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gifting import accounts as acct
 from gifting import tables as t
-from gifting.batch_writes import BatchWrites
+from gifting.batch_writes import BatchWrites, Count, CountRefused, Row, RowsRefused
 from gifting.plans import Caps, Leg, Outcome, Plan
 from rooms.engine import now_ms
 from rooms.errors import RoomError
@@ -47,9 +55,15 @@ ANNOUNCE_EVERY_S = 0.1
 HIGHLIGHTS = 20
 RETRIES = 5
 DAY_MS = 86_400_000
+#: Kinds of account locked before the checks when touched (their owner's balance is shown and checked).
+LOCKED_FIRST = frozenset({"wallet", "held"})
+
+#: Seconds without a batch after which the writer thread (PostgreSQL) stops and closes its connections.
+WRITER_IDLE_S = 2.0
 
 #: Publishes one room event: (room id, type, data).
 Publisher = Callable[[str, str, dict[str, Any]], Awaitable[None]]
+T = TypeVar("T")
 
 
 class _Refused(Exception):
@@ -66,6 +80,8 @@ class _GuardsPartlyApplied(_Refused):
 class _Pending:
     plan: Plan
     future: asyncio.Future[Outcome]
+    rows: tuple[Row, ...] = ()
+    counts: tuple[Count, ...] = ()
 
 
 def insufficient_funds() -> RoomError:
@@ -85,20 +101,28 @@ class Ledger:
         self._unpublished: list[dict[str, Any]] = []
         self._announcer: asyncio.Task[None] | None = None
         self._is_pg = db.dialect.name == "postgresql"
+        self._thread = WriterThread(db) if self._is_pg else None
+        if self._thread is not None:  # a ledger dropped without close() leaves no thread behind
+            weakref.finalize(self, self._thread._detach)
+        #: Accounts of kinds not locked first that committed batches wrote (none is ever deleted).
+        self._accounts_seen: set[str] = set()
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Let the operations already submitted commit and their events go out (shutdown)."""
         # The writer first: its last batch may start the announcer.
-        for attribute in ("_writer", "_announcer"):
-            task = getattr(self, attribute)
+        for task in (self._writer, self._announcer):
             if task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        if self._thread is not None:
+            await self._thread.stop()
 
     # submitting
-    async def submit(self, plan: Plan) -> Outcome:
+    async def submit(self, plan: Plan, *, rows: Sequence[Row] = (), counts: Sequence[Count] = ()) -> Outcome:
         """Apply ``plan`` (with the operations submitted around the same time, in one transaction);
-        raises :class:`RoomError` when it is refused, in which case nothing was written."""
+        raises :class:`RoomError` when it is refused, in which case nothing was written. ``rows`` and
+        ``counts`` are written with it, each kind once per batch (gifting/batch_writes.py): what an
+        operation that thousands of buyers submit at once should use instead of ``effects`` and ``guards``."""
         if not plan.key or len(plan.key) > 160:
             raise RoomError("invalid", "an idempotency key of 1-160 characters is required")
         for leg in plan.legs:
@@ -109,7 +133,7 @@ class Ledger:
             if leg.debit == leg.credit:
                 raise RoomError("invalid", "a transfer needs two different accounts")
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(plan, future))
+        self._queue.append(_Pending(plan, future, tuple(rows), tuple(counts)))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_batches(), name="ledger-writer")
         return await future
@@ -135,19 +159,32 @@ class Ledger:
             self._writer = None
 
     async def _commit_batch(self, batch: list[_Pending], raise_errors: bool = True) -> None:
-        for attempt in range(RETRIES):
+        attempt = 0
+        while attempt < RETRIES:
             try:
-                async with self._transaction() as conn:
-                    outcomes, announcements = await self._apply(conn, [p.plan for p in batch])
+                outcomes, writes = await self._in_transaction(batch)
+                # Committed: accounts only ever credited are not read before they are written, so
+                # remember which exist.
+                if len(self._accounts_seen) < 100_000:
+                    self._accounts_seen.update(a for a in writes.deltas if acct.kind_of(a) not in LOCKED_FIRST)
                 break
+            except RowsRefused as refused:
+                # Rolled back: refuse those operations and apply the others again.
+                for index, reason in refused.refused.items():
+                    batch[index].future.set_exception(reason)
+                batch = [p for i, p in enumerate(batch) if i not in refused.refused]
+                if not batch:
+                    return
+                continue
             except _GuardsPartlyApplied as partly:
                 if len(batch) > 1:
                     raise
                 batch[0].future.set_exception(partly.error)
                 return
             except DBAPIError as exc:
-                if attempt + 1 < RETRIES and _retryable(exc):
-                    await asyncio.sleep(0.005 * 2**attempt)
+                attempt += 1
+                if attempt < RETRIES and _retryable(exc):
+                    await asyncio.sleep(0.005 * 2 ** (attempt - 1))
                     continue
                 if raise_errors:
                     raise
@@ -165,10 +202,18 @@ class Ledger:
                 p.future.set_exception(outcome)
             else:
                 p.future.set_result(outcome)
-        if announcements:
-            self._unpublished.extend(announcements)
+        if writes.announce:
+            self._unpublished.extend(writes.announce)
             if self._announcer is None and self.publisher is not None:
                 self._announcer = asyncio.create_task(self._announce(), name="ledger-announcer")
+
+    async def _in_transaction(self, batch: list[_Pending]) -> tuple[list[Outcome | RoomError], BatchWrites]:
+        """Apply the batch in one transaction: on PostgreSQL in the writer thread, whose round trips do not
+        wait their turn behind this event loop's other work (thousands of socket events in a flash sale)."""
+        if self._thread is not None:
+            return await self._thread.run(lambda conn: self._apply(conn, batch))
+        async with self._transaction() as conn:
+            return await self._apply(conn, batch)
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -190,33 +235,39 @@ class Ledger:
 
     # applying a batch inside one transaction
     async def _apply(
-        self, conn: AsyncConnection, plans: list[Plan]
-    ) -> tuple[list[Outcome | RoomError], list[dict[str, Any]]]:
-        """Each plan's outcome, and the outbox rows to announce once the transaction has committed."""
+        self, conn: AsyncConnection, batch: list[_Pending]
+    ) -> tuple[list[Outcome | RoomError], BatchWrites]:
+        """Each plan's outcome, and what the batch wrote (its outbox rows are announced once the transaction
+        has committed)."""
+        plans = [p.plan for p in batch]
         now = now_ms()
         day = now // DAY_MS
         keys = list({p.key for p in plans})
+        op = t.operations
         known = {
             r.key: (r.body_hash, r.result)
             for r in await conn.execute(
-                select(t.operations.c.key, t.operations.c.body_hash, t.operations.c.result).where(
-                    t.operations.c.key.in_(keys)
-                )
+                select(op.c.key, op.c.body_hash, op.c.result).where(self._among(op.c.key, keys))
             )
         }
         holds = await self._load_holds(conn, plans)
         reversals = await self._load_reversals(conn, plans)
         touched = self._accounts_touched(plans, holds, reversals)
-        balances = await self._lock_balances(conn, touched)
+        checked = self._accounts_checked(touched, plans, holds, reversals)
+        balances = await self._lock_balances(conn, checked)
         existing = set(balances)
-        for account_id in touched:  # accounts are created by the first operation that moves coins
+        # Accounts not locked yet start from 0 here: they are only credited, or may go negative, so no
+        # check depends on their balance. Accounts are created by the first operation that moves coins.
+        for account_id in touched:
             balances.setdefault(account_id, (0, acct.kind_of(account_id) not in acct.FLOORED))
         spenders = sorted({p.spender for p in plans if p.spender})
         spent, limits = await self._load_spending(conn, spenders, day)
 
         outcomes: list[Outcome | RoomError] = []
         writes = BatchWrites()
-        for plan in plans:
+        writes.locked = set(checked)
+        for index, pending in enumerate(batch):
+            plan = pending.plan
             digest = plan.body_hash()
             if plan.key in known:
                 stored_hash, stored_result = known[plan.key]
@@ -250,6 +301,7 @@ class Ledger:
             if plan.spender:
                 result["balance"] = balances[acct.wallet(plan.spender)][0]
             writes.accept(plan, digest, legs, result, now)
+            writes.extra(index, pending.rows, pending.counts)
             if plan.spender:
                 debited = sum(leg.amount for leg in legs if leg.debit == acct.wallet(plan.spender))
                 spent[plan.spender] = spent.get(plan.spender, 0) + debited
@@ -258,9 +310,20 @@ class Ledger:
             known[plan.key] = (digest, json.dumps(result))
             outcomes.append(Outcome(result))
         if writes.operations:
-            await self._create_accounts(conn, sorted(set(writes.deltas) - existing), now)
-            await writes.flush(conn, day, now, self._is_pg, reversals)
-        return outcomes, writes.announce
+            missing = sorted(a for a in writes.deltas if a not in existing and a not in self._accounts_seen)
+            await self._create_accounts(conn, missing, now)
+            try:
+                await writes.flush(conn, day, now, self._is_pg, reversals)
+            except CountRefused as refused:
+                raise _GuardsPartlyApplied(refused.error) from None
+        return outcomes, writes
+
+    def _among(self, column: ColumnElement[str], values: list[str]) -> ColumnElement[bool]:
+        """``column IN values``; on PostgreSQL as ``= ANY(text array)``: the same SQL for any number of values,
+        so the connection's prepared statement is used again (a new one costs a round trip more)."""
+        if self._is_pg:
+            return column == any_(literal(values, ARRAY(Text)))
+        return column.in_(values)
 
     async def _load_holds(self, conn: AsyncConnection, plans: list[Plan]) -> dict[str, dict[str, Any]]:
         ids = [p.hold_close[0] for p in plans if p.hold_close]
@@ -302,31 +365,39 @@ class Ledger:
                 ids.update((row["debit"], row["credit"]))
         return sorted(ids)
 
+    @staticmethod
+    def _accounts_checked(
+        touched: list[str],
+        plans: list[Plan],
+        holds: dict[str, dict[str, Any]],
+        reversals: dict[str, list[dict[str, Any]]],
+    ) -> list[str]:
+        """The touched accounts whose balance the checks need, locked at the start: wallets and held
+        coins, and every account that may not go negative and that a plan of the batch debits."""
+        debited: set[str] = set()
+        for plan in plans:
+            debited.update(leg.debit for leg in plan.legs)
+            if plan.hold_close:
+                hold = holds.get(plan.hold_close[0])
+                if hold is not None:
+                    debited.add(acct.held(hold["owner"]))
+            debited.update(row["credit"] for row in reversals.get(plan.reverse_of or "", []))
+        return [
+            a for a in touched if acct.kind_of(a) in LOCKED_FIRST or (a in debited and acct.kind_of(a) in acct.FLOORED)
+        ]
+
     async def _create_accounts(self, conn: AsyncConnection, ids: list[str], now: int) -> None:
-        rows = []
-        for account_id in ids:
-            kind = acct.kind_of(account_id)
-            rows.append(
-                {
-                    "id": account_id,
-                    "kind": kind,
-                    "owner": acct.owner_of(account_id),
-                    "balance": 0,
-                    "may_go_negative": kind not in acct.FLOORED,
-                    "created_at": now,
-                }
-            )
-        if rows:
-            dialect = postgresql if self._is_pg else sqlite
-            await conn.execute(dialect.insert(t.accounts).on_conflict_do_nothing(index_elements=["id"]), rows)
+        await create_accounts(conn, ids, now)
 
     async def _lock_balances(self, conn: AsyncConnection, ids: list[str]) -> dict[str, tuple[int, bool]]:
         if not ids:
             return {}
         a = t.accounts
-        # In id order: two transactions locking the same accounts never wait for each other in a cycle.
-        query = select(a.c.id, a.c.balance, a.c.may_go_negative).where(a.c.id.in_(ids)).order_by(a.c.id)
-        return {r.id: (int(r.balance), bool(r.may_go_negative)) for r in await conn.execute(query.with_for_update())}
+        # In id order: two transactions locking the same accounts never wait for each other in a cycle. FOR NO
+        # KEY UPDATE: other batches' transfers to these accounts (foreign keys) need not wait for this one.
+        query = select(a.c.id, a.c.balance, a.c.may_go_negative).where(self._among(a.c.id, ids)).order_by(a.c.id)
+        locked = query.with_for_update(key_share=True)
+        return {r.id: (int(r.balance), bool(r.may_go_negative)) for r in await conn.execute(locked)}
 
     async def _load_spending(
         self, conn: AsyncConnection, spenders: list[str], day: int
@@ -473,6 +544,88 @@ class Ledger:
             return int((await conn.execute(select(func.coalesce(func.sum(t.accounts.c.balance), 0)))).scalar() or 0)
 
 
+class WriterThread:
+    """A thread with its own event loop and database engine (PostgreSQL) in which the ledger's transactions
+    run. Each round trip of a batch then costs the database's time, not a turn of the app's event loop,
+    which a flash sale fills with thousands of socket events a second. Started by the first batch; stops,
+    closing its connections, after ``WRITER_IDLE_S`` without one (or at :meth:`stop`)."""
+
+    def __init__(self, db: AsyncEngine) -> None:
+        self._url = db.url
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._engine: AsyncEngine | None = None
+        self._thread: threading.Thread | None = None
+        self._in_flight = 0
+        self._last_used = 0.0
+
+    async def run(self, apply: Callable[[AsyncConnection], Coroutine[Any, Any, T]]) -> T:
+        """``apply(conn)`` in a transaction in the thread (committed if it returns, rolled back if it raises)."""
+        with self._lock:
+            if self._loop is None:
+                self._start()
+            assert self._loop is not None and self._engine is not None
+            self._in_flight += 1
+            loop, engine = self._loop, self._engine
+
+        async def in_thread() -> T:
+            try:
+                async with engine.begin() as conn:
+                    return await apply(conn)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+                    self._last_used = time.monotonic()
+                loop.call_later(WRITER_IDLE_S, self._stop_if_idle, loop)
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(in_thread(), loop))
+
+    def _start(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._engine = create_async_engine(self._url, pool_size=1, max_overflow=1)
+        self._thread = threading.Thread(target=self._serve, args=(loop, self._engine), name="ledger-writer")
+        self._thread.daemon = True
+        self._loop = loop
+        self._thread.start()
+
+    @staticmethod
+    def _serve(loop: asyncio.AbstractEventLoop, engine: AsyncEngine) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            loop.run_until_complete(engine.dispose())
+        finally:
+            loop.close()
+
+    def _stop_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        # In the thread, WRITER_IDLE_S after a batch ended. A batch that ended since then has its own timer
+        # (hence only half the time: timers may fire a hair early). Under the lock, so no batch can be handed
+        # to a loop that is stopping.
+        with self._lock:
+            if self._loop is not loop or self._in_flight or time.monotonic() - self._last_used < WRITER_IDLE_S / 2:
+                return
+            self._loop = self._engine = self._thread = None
+        loop.stop()
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread once its batches are done, and close its connections."""
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 - set by the thread
+            await asyncio.sleep(0.01)
+        thread = self._detach()
+        if thread is not None:
+            await asyncio.to_thread(thread.join, timeout_s)
+
+    def _detach(self) -> threading.Thread | None:
+        """Tell the thread to stop (it closes its connections) and forget it; safe from any thread."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._engine = self._thread = None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        return thread
+
+
 def money_event(events: list[dict[str, Any]]) -> dict[str, Any]:
     """The data of one ``money`` room event: every event for staff (the teacher's live feed), and a summary
     for everyone else: counts and coins per gift, and the biggest events (a room sending thousands of
@@ -489,6 +642,26 @@ def money_event(events: list[dict[str, Any]]) -> dict[str, Any]:
     biggest = paid + others[: max(0, HIGHLIGHTS - len(paid))]
     public = {"gifts": gifts, "coins": sum(int(e["data"].get("coins", 0)) for e in events), "highlights": biggest}
     return {"events": events, "public": public}
+
+
+async def create_accounts(conn: AsyncConnection, ids: list[str], now: int) -> None:
+    """Create the accounts that do not exist yet among ``ids`` (with a balance of 0), in id order."""
+    rows = []
+    for account_id in sorted(ids):
+        kind = acct.kind_of(account_id)
+        rows.append(
+            {
+                "id": account_id,
+                "kind": kind,
+                "owner": acct.owner_of(account_id),
+                "balance": 0,
+                "may_go_negative": kind not in acct.FLOORED,
+                "created_at": now,
+            }
+        )
+    if rows:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        await conn.execute(dialect.insert(t.accounts).on_conflict_do_nothing(index_elements=["id"]), rows)
 
 
 def _lowest(a: int | None, b: int | None) -> int | None:

@@ -6,26 +6,32 @@ An order is ``pending`` (paying through the provider's checkout: its seat is hel
 A wallet purchase is one ledger operation: the money, the order row (paid at once), the sale's and the
 course's seat counts (guarded), the coupon claim, the entitlement and the host webhooks are written in one
 transaction or not at all. A flash sale's seats pass the seat gate first (gifting/seat_gate.py), so a sale
-that thousands of students hit at once costs SQL only for the buyers who got a seat.
+that thousands of students hit at once costs SQL only for the buyers who got a seat; theirs is one read
+shared by the buys arriving together (the course) and their share of a ledger batch, which writes the
+orders, entitlements and webhooks of all its purchases in one statement each and the seat count once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Text, func, insert, literal, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.expression import Executable
 
 from gifting import accounts as acct
 from gifting import tables as t
+from gifting.batch_writes import Count, Row
 from gifting.catalogue import Catalogue, Course
 from gifting.coupons import CouponService
 from gifting.host_webhooks import HostWebhooks, webhook_row
@@ -85,6 +91,10 @@ class BuyRequest:
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def already_owned() -> RoomError:
+    return RoomError("already_owned", "you already own this course")
+
+
 def public(order: dict[str, Any]) -> dict[str, Any]:
     return {k: order[k] for k in PUBLIC}
 
@@ -117,6 +127,27 @@ class OrderService:
         self.policy = policy
         self.notify = notify
         self._dialect = postgresql if db.dialect.name == "postgresql" else sqlite
+        e = t.entitlements
+        grant = self._dialect.insert(e)
+        #: Rows of a wallet purchase (gifting/batch_writes.py): any UNIQUE index refusing the order (the same
+        #: key, a second order in the sale) refuses it with ``conflict``; an active entitlement refuses the grant.
+        self._order_row = self._dialect.insert(t.orders).on_conflict_do_nothing()
+        self._grant_row = grant.on_conflict_do_update(
+            index_elements=["user_id", "course_id"],
+            set_={
+                "order_id": grant.excluded.order_id,
+                "status": "active",
+                "consumed_pct": 0,
+                "granted_at": grant.excluded.granted_at,
+                "revoked_at": None,
+            },
+            where=e.c.status == "revoked",
+        )
+        self._webhook_row = insert(t.host_webhooks)
+        self._sellable_reads: dict[tuple[str, str], asyncio.Future[Course]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._key_lookups: list[tuple[str, str, asyncio.Future[dict[str, Any] | None]]] = []
+        self._key_reader: asyncio.Task[None] | None = None
 
     # buying
     async def buy(
@@ -152,7 +183,9 @@ class OrderService:
             raise RoomError("limit_reached", "you already have an order in this sale")
         self.sales.seats_changed(room.id, sale["id"])
         try:
-            answer = await self._buy(buyer, room, request, sale)
+            # No look-up of the key first: the gate says the buyer holds no order in the sale, and an order
+            # already stored under this key makes the new one conflict, which answers it (see _buy).
+            answer = await self._buy(buyer, room, request, sale, seek_key=False)
         except BaseException:
             await self.gate.give_back(sale["id"], buyer.user_id)
             raise
@@ -161,12 +194,13 @@ class OrderService:
         return answer
 
     async def _buy(
-        self, buyer: Identity, room: Room, request: BuyRequest, sale: dict[str, Any] | None
+        self, buyer: Identity, room: Room, request: BuyRequest, sale: dict[str, Any] | None, seek_key: bool = True
     ) -> dict[str, Any]:
-        existing = await self._by_key(buyer.user_id, request.key)
-        if existing is not None:
-            return self._replay(existing, request)
-        course = await self.catalogue.sellable(room.id, request.course_id)
+        if seek_key:
+            existing = await self._by_key(buyer.user_id, request.key)
+            if existing is not None:
+                return self._replay(existing, request)
+        course = await self._sellable(room.id, request.course_id)
         teacher = course.teacher_id or room.teacher_id
         if teacher is None:
             raise RoomError("no_teacher", "this room has no teacher to receive the payment yet")
@@ -239,8 +273,24 @@ class OrderService:
                 raise
             # A UNIQUE index refused the order: a second order in the sale.
             raise RoomError("limit_reached", "you already have an order in this sale") from None
-        await self._announce(order)
+        self._spawn(self._announce(order))  # the answer need not wait for the feed
         return answer
+
+    async def _sellable(self, room_id: str, course_id: str) -> Course:
+        """``Catalogue.sellable``, read once for all the buys that ask while a read is out (the buyers of a
+        flash sale arrive together): each gets an answer read after it asked, or at most one read older."""
+        key = (room_id, course_id)
+        read = self._sellable_reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self.catalogue.sellable(room_id, course_id))
+            self._sellable_reads[key] = read
+            read.add_done_callback(lambda _: self._sellable_reads.pop(key, None))
+        return await asyncio.shield(read)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _seat_guards(self, order: dict[str, Any], course: Course) -> list[tuple[Executable, RoomError]]:
         guards: list[tuple[Executable, RoomError]] = []
@@ -272,16 +322,16 @@ class OrderService:
                 )
             )
         if order["claim_id"] is not None:
-            cc = t.coupon_claims
-            guards.append(
-                (
-                    update(cc)
-                    .where(cc.c.id == order["claim_id"], cc.c.order_id.is_(None))
-                    .values(order_id=order["id"]),
-                    RoomError("coupon_used", "that coupon claim was used on another order"),
-                )
-            )
+            guards.append(self._claim_guard(order))
         return guards
+
+    @staticmethod
+    def _claim_guard(order: dict[str, Any]) -> tuple[Executable, RoomError]:
+        cc = t.coupon_claims
+        return (
+            update(cc).where(cc.c.id == order["claim_id"], cc.c.order_id.is_(None)).values(order_id=order["id"]),
+            RoomError("coupon_used", "that coupon claim was used on another order"),
+        )
 
     def _grant(self, order: dict[str, Any], now: int) -> tuple[Executable, RoomError]:
         """The entitlement, as a guard: it changes a row only if the buyer does not own the course."""
@@ -305,7 +355,7 @@ class OrderService:
             },
             where=e.c.status == "revoked",
         )
-        return stmt, RoomError("already_owned", "you already own this course")
+        return stmt, already_owned()
 
     def _paid_webhooks(self, order: dict[str, Any], now: int) -> list[Executable]:
         return [
@@ -325,8 +375,77 @@ class OrderService:
         ]
         return [Leg(payer, to, amount) for to, amount in acct.split(coins, shares)] if coins else []
 
+    def _seat_counts(self, order: dict[str, Any], course: Course) -> list[Count]:
+        """The seats a wallet purchase takes, as counters its ledger batch writes once (the same guards as
+        :meth:`_seat_guards`)."""
+        counts = []
+        if order["sale_id"] is not None:
+            counts.append(
+                Count(
+                    t.flash_sales,
+                    order["sale_id"],
+                    "seats_taken",
+                    "seats",
+                    1,
+                    RoomError("sold_out", "every seat of this sale is taken", seats_left=0),
+                    window=("opens_at", "ends_at"),
+                    at=order["created_at"],
+                    unset=("stopped_at",),
+                )
+            )
+        if course.seats is not None:
+            counts.append(
+                Count(
+                    t.courses,
+                    course.id,
+                    "seats_taken",
+                    "seats",
+                    1,
+                    RoomError("sold_out", "every seat of this course is taken", seats_left=0),
+                )
+            )
+        return counts
+
+    def _paid_rows(self, order: dict[str, Any], now: int) -> list[Row]:
+        """The order, the entitlement and the host webhooks of a wallet purchase."""
+        grant = {
+            "user_id": order["buyer"],
+            "course_id": order["course_id"],
+            "order_id": order["id"],
+            "status": "active",
+            "consumed_pct": 0,
+            "granted_at": now,
+            "revoked_at": None,
+        }
+        conflict = RoomError("conflict", "this order conflicts with another")
+        return [
+            Row(self._order_row, order, key=("id",), error=conflict),
+            Row(self._grant_row, grant, key=("user_id", "course_id"), error=already_owned()),
+            *(Row(self._webhook_row, values) for values in self._paid_webhook_values(order, now)),
+        ]
+
+    @staticmethod
+    def _paid_webhook_values(order: dict[str, Any], now: int) -> list[dict[str, Any]]:
+        """The rows :meth:`_paid_webhooks` inserts, as values (host_webhooks.webhook_row's row; compiling its
+        statement to get them costs more than the rest of a purchase)."""
+        rows = []
+        for type_, data in (
+            ("order.paid", public(order)),
+            (
+                "entitlement.granted",
+                {"user_id": order["buyer"], "course_id": order["course_id"], "order_id": order["id"]},
+            ),
+        ):
+            event_id = "evt_" + secrets.token_hex(12)
+            body = json.dumps({"id": event_id, "type": type_, "created": now, "data": data}, separators=(",", ":"))
+            rows.append(
+                {"id": event_id, "type": type_, "body": body, "created_at": now, "attempts": 0, "next_attempt_at": now}
+            )
+        return rows
+
     async def _pay_from_wallet(self, order: dict[str, Any], course: Course, price: Quote) -> None:
         now = order["created_at"]
+        claims = [self._claim_guard(order)] if order["claim_id"] is not None else []
         plan = Plan(
             key=f"order:{order['id']}",
             kind="course",
@@ -335,11 +454,10 @@ class OrderService:
             actor_name=order["buyer_name"],
             room_id=order["room_id"],
             legs=self._legs(order, acct.wallet(order["buyer"])),
-            guards=[self._grant(order, now), *self._seat_guards(order, course)],
-            effects=[insert(t.orders).values(**order), *self._paid_webhooks(order, now)],
+            guards=claims,  # the coupon claim: a row of this buyer's
             result={"order": order["id"]},
         )
-        await self.ledger.submit(plan)
+        await self.ledger.submit(plan, rows=self._paid_rows(order, now), counts=self._seat_counts(order, course))
         self.webhooks.wake()
 
     async def _hold_seat(self, order: dict[str, Any], course: Course) -> None:
@@ -590,10 +708,38 @@ class OrderService:
         return dict(row._mapping) if row is not None else None
 
     async def _by_key(self, buyer: str, key: str) -> dict[str, Any] | None:
+        """The buyer's order under this key. The look-ups asked for while a read is out go together in the
+        next read (a flash sale's second attempts arrive by the hundred): one query and one connection."""
+        found: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._key_lookups.append((buyer, key, found))
+        if self._key_reader is None:
+            self._key_reader = asyncio.create_task(self._read_keys(), name="order-keys")
+        return await found
+
+    async def _read_keys(self) -> None:
         o = t.orders
-        async with self.reads.connect() as conn:
-            row = (await conn.execute(select(o).where(o.c.buyer == buyer, o.c.key == key))).first()
-        return dict(row._mapping) if row is not None else None
+        try:
+            while self._key_lookups:
+                batch, self._key_lookups = self._key_lookups[:500], self._key_lookups[500:]
+                pairs = list({(b, k) for b, k, _ in batch})
+                wanted: Any = pairs
+                if self._dialect is postgresql:  # the same SQL for any number of pairs: one prepared statement
+                    buyers, keys = (literal([p[i] for p in pairs], ARRAY(Text)) for i in (0, 1))
+                    wanted = select(func.unnest(buyers), func.unnest(keys))
+                try:
+                    async with self.reads.connect() as conn:
+                        query = select(o).where(tuple_(o.c.buyer, o.c.key).in_(wanted))
+                        rows = {(r.buyer, r.key): dict(r._mapping) for r in await conn.execute(query)}
+                except Exception as exc:
+                    for *_, found in batch:
+                        if not found.done():
+                            found.set_exception(exc)
+                    continue
+                for buyer, key, found in batch:
+                    if not found.done():
+                        found.set_result(rows.get((buyer, key)))
+        finally:
+            self._key_reader = None
 
     @staticmethod
     def _replay(order: dict[str, Any], request: BuyRequest) -> dict[str, Any]:

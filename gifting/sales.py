@@ -16,8 +16,10 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gifting import accounts as acct
 from gifting import tables as t
 from gifting.catalogue import Catalogue
+from gifting.ledger import create_accounts
 from gifting.seat_gate import SeatGate
 from rooms.engine import Publication, now_ms
 from rooms.errors import RoomError, forbidden
@@ -164,8 +166,13 @@ class SalesService:
             "created_by": staff.user_id,
             "created_at": now,
         }
+        found = await self.catalogue.get(course["id"])
+        teacher = (found.teacher_id if found is not None else None) or room.teacher_id
         async with self.db.begin() as conn:
             await conn.execute(insert(t.flash_sales).values(**sale))
+            # The accounts every purchase credits, created now rather than by the first batches of the
+            # sale's opening burst (where instances creating the same row would wait for each other).
+            await create_accounts(conn, [acct.PLATFORM, *([acct.earnings(teacher)] if teacher else [])], now)
         await self.gate.restore(sale["id"], seats, {}, self._gate_ttl(sale))
         return await self.announce(room.id)
 
