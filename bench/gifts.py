@@ -211,6 +211,7 @@ async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"gifts_per_s": round(accepted / max(args.duration, elapsed)), "p50_ms": round(percentile(latencies, 50), 1),
             "p99_ms": round(percentile(latencies, 99), 1), "accepted": accepted, "errors": errors,
             "balanced": balanced, "ledger": facts, "server_cpu_s": round(cpu, 2),
+            "generator_cpu_s": round(sum(r["cpu_s"] for r in results), 2),
             "cpu_us_per_gift": round(cpu / max(accepted, 1) * 1e6)}
 
 

@@ -11,7 +11,6 @@ finishes and commits.
 from __future__ import annotations
 
 import itertools
-import json
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert
 
 from gifting import tables as t
-from gifting.plans import Leg, Plan
+from gifting.plans import Leg, Plan, to_json
 from rooms.errors import RoomError
 
 _OUTBOX_IDS = itertools.count()
@@ -117,7 +116,7 @@ class BatchWrites:
                 "key": plan.key,
                 "kind": plan.kind,
                 "body_hash": digest,
-                "result": json.dumps(result),
+                "result": to_json(result),
                 "actor": plan.actor,
                 "actor_name": plan.actor_name,
                 "room_id": plan.room_id,
@@ -203,7 +202,7 @@ class BatchWrites:
             if events:
                 row_id = f"{self.id_prefix}{next(_OUTBOX_IDS)}"
                 self.outbox.append(
-                    {"id": row_id, "room_id": room_id, "type": "money", "data": json.dumps(events), "created_at": now}
+                    {"id": row_id, "room_id": room_id, "type": "money", "data": to_json(events), "created_at": now}
                 )
                 self.announce.append({"id": row_id, "room_id": room_id, "events": events})
         if self.outbox:

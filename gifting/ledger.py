@@ -17,8 +17,8 @@ submission order; each is accepted or refused on its own. SQLite transactions ta
 (wallets and held coins, and any account the batch debits); accounts only credited or allowed below zero
 (a teacher's earnings, the platform's revenue, the outside world: the rows every sale touches) are locked
 at the end, in id order, when their balances are written, so the batches of several instances overlap
-everywhere but there. Batches are retried on serialization failures and deadlocks. On PostgreSQL the
-transactions run in a writer thread with its own event loop and connections (:class:`WriterThread`).
+everywhere but there. Batches are retried on serialization failures and deadlocks. The transactions run
+in a writer thread with its own event loop and connections (:class:`WriterThread`).
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Seque
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Text, any_, func, literal, select, update
+import orjson
+from sqlalchemy import ColumnElement, Text, any_, bindparam, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gifting import accounts as acct
 from gifting import tables as t
@@ -46,7 +47,7 @@ from gifting.batch_writes import BatchWrites, Count, CountRefused, Row, RowsRefu
 from gifting.plans import Caps, Leg, Outcome, Plan
 from rooms.engine import now_ms
 from rooms.errors import RoomError
-from rooms.tables import autocommit
+from rooms.tables import autocommit, engine_like
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,8 @@ class Ledger:
         self._unpublished: list[dict[str, Any]] = []
         self._announcer: asyncio.Task[None] | None = None
         self._is_pg = db.dialect.name == "postgresql"
-        self._thread = WriterThread(db) if self._is_pg else None
-        if self._thread is not None:  # a ledger dropped without close() leaves no thread behind
-            weakref.finalize(self, self._thread._detach)
+        self._thread = WriterThread(db, self._transaction)
+        weakref.finalize(self, self._thread._detach)  # a ledger dropped without close() leaves no thread behind
         #: Accounts of kinds not locked first that committed batches wrote (none is ever deleted).
         self._accounts_seen: set[str] = set()
 
@@ -114,8 +114,7 @@ class Ledger:
             if task is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(task), timeout_s)
-        if self._thread is not None:
-            await self._thread.stop()
+        await self._thread.stop()
 
     # submitting
     async def submit(self, plan: Plan, *, rows: Sequence[Row] = (), counts: Sequence[Count] = ()) -> Outcome:
@@ -208,21 +207,21 @@ class Ledger:
                 self._announcer = asyncio.create_task(self._announce(), name="ledger-announcer")
 
     async def _in_transaction(self, batch: list[_Pending]) -> tuple[list[Outcome | RoomError], BatchWrites]:
-        """Apply the batch in one transaction: on PostgreSQL in the writer thread, whose round trips do not
-        wait their turn behind this event loop's other work (thousands of socket events in a flash sale)."""
-        if self._thread is not None:
-            return await self._thread.run(lambda conn: self._apply(conn, batch))
-        async with self._transaction() as conn:
-            return await self._apply(conn, batch)
+        """Apply the batch in one transaction in the writer thread, whose round trips (several per statement
+        with aiosqlite) do not wait their turn behind this event loop's other work (thousands of socket
+        events a second in a gift storm or a flash sale)."""
+        return await self._thread.run(lambda conn: self._apply(conn, batch))
 
     @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+    async def _transaction(self, db: AsyncEngine | None = None) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on ``db`` (this ledger's engine by default)."""
+        db = db or self.db
         if self._is_pg:
-            async with self.db.begin() as conn:
+            async with db.begin() as conn:
                 yield conn
             return
         # SQLite: take the write lock at BEGIN, so reads inside the transaction see what it will change.
-        async with self.db.connect() as conn:
+        async with db.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
@@ -276,7 +275,7 @@ class Ledger:
                         RoomError("idempotency_mismatch", "this idempotency key was used for a different request")
                     )
                 else:
-                    outcomes.append(Outcome(json.loads(stored_result), replayed=True))
+                    outcomes.append(Outcome(orjson.loads(stored_result), replayed=True))
                 continue
             try:
                 legs = self._legs_of(plan, holds, reversals, now)
@@ -307,7 +306,7 @@ class Ledger:
                 spent[plan.spender] = spent.get(plan.spender, 0) + debited
                 writes.spend(plan.spender, debited)
             self._close_hold_in_memory(plan, holds, now, writes)
-            known[plan.key] = (digest, json.dumps(result))
+            known[plan.key] = (digest, writes.operations[-1]["result"])
             outcomes.append(Outcome(result))
         if writes.operations:
             missing = sorted(a for a in writes.deltas if a not in existing and a not in self._accounts_seen)
@@ -320,10 +319,11 @@ class Ledger:
 
     def _among(self, column: ColumnElement[str], values: list[str]) -> ColumnElement[bool]:
         """``column IN values``; on PostgreSQL as ``= ANY(text array)``: the same SQL for any number of values,
-        so the connection's prepared statement is used again (a new one costs a round trip more)."""
+        so the connection's prepared statement is used again (a new one costs a round trip more). On SQLite
+        one expanding parameter: ``in_(values)`` would build a bound parameter per value, in Python."""
         if self._is_pg:
             return column == any_(literal(values, ARRAY(Text)))
-        return column.in_(values)
+        return column.in_(bindparam(None, list(values), expanding=True))
 
     async def _load_holds(self, conn: AsyncConnection, plans: list[Plan]) -> dict[str, dict[str, Any]]:
         ids = [p.hold_close[0] for p in plans if p.hold_close]
@@ -405,8 +405,10 @@ class Ledger:
         if not spenders:
             return {}, {}
         d, lim = t.daily_spend, t.spending_limits
-        spent_rows = await conn.execute(select(d.c.owner, d.c.spent).where(d.c.owner.in_(spenders), d.c.day == day))
-        limit_rows = await conn.execute(select(lim).where(lim.c.owner.in_(spenders)))
+        spent_rows = await conn.execute(
+            select(d.c.owner, d.c.spent).where(self._among(d.c.owner, spenders), d.c.day == day)
+        )
+        limit_rows = await conn.execute(select(lim).where(self._among(lim.c.owner, spenders)))
         spent = {r.owner: int(r.spent) for r in spent_rows}
         limits = {r.owner: Caps(r.per_transfer, r.daily) for r in limit_rows}
         return spent, limits
@@ -545,13 +547,17 @@ class Ledger:
 
 
 class WriterThread:
-    """A thread with its own event loop and database engine (PostgreSQL) in which the ledger's transactions
-    run. Each round trip of a batch then costs the database's time, not a turn of the app's event loop,
-    which a flash sale fills with thousands of socket events a second. Started by the first batch; stops,
-    closing its connections, after ``WRITER_IDLE_S`` without one (or at :meth:`stop`)."""
+    """A thread with its own event loop and database engine (same database and connection setup as ``db``)
+    in which the ledger's transactions run, each opened by ``begin(engine)``. Each round trip of a batch
+    then costs the database's time, not a turn of the app's event loop, which a gift storm or a flash sale
+    fills with thousands of socket events a second. Started by the first batch; stops, closing its
+    connections, after ``WRITER_IDLE_S`` without one (or at :meth:`stop`)."""
 
-    def __init__(self, db: AsyncEngine) -> None:
-        self._url = db.url
+    def __init__(
+        self, db: AsyncEngine, begin: Callable[[AsyncEngine], contextlib.AbstractAsyncContextManager[AsyncConnection]]
+    ) -> None:
+        self._db = db
+        self._begin = begin
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine: AsyncEngine | None = None
@@ -570,7 +576,7 @@ class WriterThread:
 
         async def in_thread() -> T:
             try:
-                async with engine.begin() as conn:
+                async with self._begin(engine) as conn:
                     return await apply(conn)
             finally:
                 with self._lock:
@@ -582,7 +588,7 @@ class WriterThread:
 
     def _start(self) -> None:
         loop = asyncio.new_event_loop()
-        self._engine = create_async_engine(self._url, pool_size=1, max_overflow=1)
+        self._engine = engine_like(self._db, pool_size=1, max_overflow=1)
         self._thread = threading.Thread(target=self._serve, args=(loop, self._engine), name="ledger-writer")
         self._thread.daemon = True
         self._loop = loop

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy.sql.expression import Executable
 
 from rooms.errors import RoomError
@@ -63,8 +64,13 @@ class Plan:
     effects: list[Executable] = field(default_factory=list)
 
     def body_hash(self) -> str:
-        canonical = json.dumps({"kind": self.kind, **self.body}, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """sha256 of the body as canonical JSON (sorted keys, no spaces, non-ASCII escaped as ``\\uXXXX``)."""
+        body = {"kind": self.kind, **self.body}
+        canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        if not canonical.isascii():
+            # orjson writes non-ASCII as UTF-8; hashes stored before it escaped it, as json does.
+            canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(canonical).hexdigest()
 
 
 @dataclass
@@ -73,3 +79,8 @@ class Outcome:
 
     result: dict[str, Any]
     replayed: bool = False
+
+
+def to_json(value: Any) -> str:
+    """JSON text of a stored result or event list."""
+    return orjson.dumps(value).decode()

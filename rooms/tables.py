@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -14,11 +16,37 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
     false,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 metadata = MetaData()
+
+
+def sqlite_engine(url: str, **options: Any) -> AsyncEngine:
+    """An async SQLite engine whose every connection has WAL, a busy timeout and foreign keys on."""
+    engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _sqlite_pragmas(conn: DBAPIConnection, _: ConnectionPoolEntry) -> None:
+        cursor = conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def engine_like(db: AsyncEngine, **options: Any) -> AsyncEngine:
+    """Another engine on ``db``'s database with the same connection setup (e.g. for another event loop)."""
+    if db.dialect.name == "sqlite":
+        return sqlite_engine(db.url.render_as_string(hide_password=False), **options)
+    return create_async_engine(db.url, **options)
 
 
 def autocommit(db: AsyncEngine) -> AsyncEngine:
