@@ -67,8 +67,8 @@ class Plan:
         """sha256 of the body as canonical JSON (sorted keys, no spaces, non-ASCII escaped as ``\\uXXXX``)."""
         body = {"kind": self.kind, **self.body}
         canonical = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-        if not canonical.isascii():
-            # orjson writes non-ASCII as UTF-8; hashes stored before it escaped it, as json does.
+        if not canonical.isascii() or b"\x7f" in canonical:
+            # orjson writes DEL and non-ASCII as they are; json (which made the hashes stored before) escapes them.
             canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(canonical).hexdigest()
 
