@@ -24,7 +24,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from live.media.errors import MediaError
+from live.media.errors import MediaError, error_reply, reply_data
 from rooms.errors import RoomError
 
 log = logging.getLogger(__name__)
@@ -201,10 +201,7 @@ class RedisMediaBus(MediaBus):
             raise unreachable(instance) from None
         finally:
             self._pending.pop(request_id, None)
-        if "error" in reply:
-            error = reply["error"]
-            raise RoomError(error["code"], error["message"], **error.get("extra", {}))
-        return dict(reply["data"])
+        return reply_data(reply)
 
     async def notify(self, instance: str, message: dict[str, Any]) -> None:
         await self._send(instance, {**message, "from": self.instance_id})
@@ -254,7 +251,7 @@ class RedisMediaBus(MediaBus):
             data = await self.handler(message)
             reply = {"data": data or {}}
         except RoomError as exc:
-            reply = {"error": {"code": exc.code, "message": exc.message, "extra": exc.extra}}
+            reply = error_reply(exc)
         except Exception as exc:
             log.exception("media bus: %s failed", message.get("op"))
             reply = {"error": {"code": "unavailable", "message": f"media instance error: {exc}"}}

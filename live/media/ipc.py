@@ -25,7 +25,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from live.media.errors import MediaError
+from live.media.errors import MediaError, error_reply, reply_data
 from rooms.errors import RoomError
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,7 @@ class Channel:
             raise MediaError("unavailable", "the media worker does not answer; try again") from None
         finally:
             self._pending.pop(request_id, None)
-        if "error" in reply:
-            error = reply["error"]
-            raise RoomError(error["code"], error["message"], **error.get("extra", {}))
-        return dict(reply["data"])
+        return reply_data(reply)
 
     def notify(self, op: str, **body: Any) -> None:
         """Send a notice (no reply); dropped if the other end is gone."""
@@ -136,7 +133,7 @@ class Channel:
             data = await self._handler(op, message)
             reply = {"data": data or {}}
         except RoomError as exc:
-            reply = {"error": {"code": exc.code, "message": exc.message, "extra": exc.extra}}
+            reply = error_reply(exc)
         except Exception as exc:
             log.exception("media ipc %s: %s failed", self.name, op)
             reply = {"error": {"code": "unavailable", "message": f"media worker error: {exc}"}}
