@@ -41,13 +41,16 @@ def backoff_ms(attempts: int) -> int:
     return int(min(MAX_BACKOFF_S, 2 ** max(0, attempts - 1)) * 1000)
 
 
-def webhook_row(type_: str, data: dict[str, Any], now: int) -> Executable:
-    """The INSERT of one webhook, to run in the transaction of the change it announces."""
+def webhook_values(type_: str, data: dict[str, Any], now: int) -> dict[str, Any]:
+    """The ``host_webhooks`` row of one new webhook (a new event id, the body it will carry, due now)."""
     event_id = "evt_" + secrets.token_hex(12)
     body = json.dumps({"id": event_id, "type": type_, "created": now, "data": data}, separators=(",", ":"))
-    return insert(t.host_webhooks).values(
-        id=event_id, type=type_, body=body, created_at=now, attempts=0, next_attempt_at=now
-    )
+    return {"id": event_id, "type": type_, "body": body, "created_at": now, "attempts": 0, "next_attempt_at": now}
+
+
+def webhook_row(type_: str, data: dict[str, Any], now: int) -> Executable:
+    """The INSERT of one webhook, to run in the transaction of the change it announces."""
+    return insert(t.host_webhooks).values(**webhook_values(type_, data, now))
 
 
 class HostWebhooks:
