@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.dml import Insert, Update
 
 from gifting import tables as t
 from gifting.plans import Leg, Plan, to_json
@@ -66,6 +66,21 @@ class Count:
 
     def group(self) -> tuple[str, str, str, str, tuple[str, str] | None, tuple[str, ...]]:
         return (self.table.name, self.row_id, self.column, self.limit, self.window, self.unset)
+
+
+def count_update(counts: list[Count]) -> Update:
+    """The guarded UPDATE adding up ``counts`` (all of one :meth:`Count.group`): it changes one row, or none
+    if the total would pass the limit, an ``at`` falls outside the window, or an ``unset`` column is set."""
+    first = counts[0]
+    table, total = first.table, sum(c.amount for c in counts)
+    (pk,) = table.primary_key.columns
+    column = table.c[first.column]
+    conditions = [pk == first.row_id, column + total <= table.c[first.limit]]
+    if first.window is not None:
+        opens, ends = first.window
+        conditions += [table.c[opens] <= min(c.at for c in counts), table.c[ends] > max(c.at for c in counts)]
+    conditions += [table.c[name].is_(None) for name in first.unset]
+    return update(table).where(*conditions).values({first.column: column + total})
 
 
 class RowsRefused(Exception):
@@ -248,18 +263,9 @@ class BatchWrites:
         for count in self.counts:
             groups.setdefault(count.group(), []).append(count)
         for _, counts in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], g[0][2])):
-            first = counts[0]
-            table, total = first.table, sum(c.amount for c in counts)
-            (pk,) = table.primary_key.columns
-            column = table.c[first.column]
-            conditions = [pk == first.row_id, column + total <= table.c[first.limit]]
-            if first.window is not None:
-                opens, ends = first.window
-                conditions += [table.c[opens] <= min(c.at for c in counts), table.c[ends] > max(c.at for c in counts)]
-            conditions += [table.c[name].is_(None) for name in first.unset]
-            done = await conn.execute(update(table).where(*conditions).values({first.column: column + total}))
+            done = await conn.execute(count_update(counts))
             if done.rowcount != 1:
-                raise CountRefused(first.error)
+                raise CountRefused(counts[0].error)
 
     @staticmethod
     def _transfer_row(row: dict[str, Any], reversals: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:

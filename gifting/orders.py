@@ -31,7 +31,7 @@ from sqlalchemy.sql.expression import Executable
 
 from gifting import accounts as acct
 from gifting import tables as t
-from gifting.batch_writes import Count, Row
+from gifting.batch_writes import Count, Row, count_update
 from gifting.catalogue import Catalogue, Course
 from gifting.coupons import CouponService
 from gifting.host_webhooks import HostWebhooks, webhook_row, webhook_values
@@ -293,34 +293,10 @@ class OrderService:
         task.add_done_callback(self._tasks.discard)
 
     def _seat_guards(self, order: dict[str, Any], course: Course) -> list[tuple[Executable, RoomError]]:
-        guards: list[tuple[Executable, RoomError]] = []
-        now = order["created_at"]
-        if order["sale_id"] is not None:
-            s = t.flash_sales
-            guards.append(
-                (
-                    update(s)
-                    .where(
-                        s.c.id == order["sale_id"],
-                        s.c.seats_taken < s.c.seats,
-                        s.c.stopped_at.is_(None),
-                        s.c.opens_at <= now,
-                        s.c.ends_at > now,
-                    )
-                    .values(seats_taken=s.c.seats_taken + 1),
-                    RoomError("sold_out", "every seat of this sale is taken", seats_left=0),
-                )
-            )
-        if course.seats is not None:
-            c = t.courses
-            guards.append(
-                (
-                    update(c)
-                    .where(c.c.id == course.id, c.c.seats_taken < c.c.seats)
-                    .values(seats_taken=c.c.seats_taken + 1),
-                    RoomError("sold_out", "every seat of this course is taken", seats_left=0),
-                )
-            )
+        """The seats and the coupon claim an order takes, as guards of its own (a pending order's hold)."""
+        guards: list[tuple[Executable, RoomError]] = [
+            (count_update([count]), count.error) for count in self._seat_counts(order, course)
+        ]
         if order["claim_id"] is not None:
             guards.append(self._claim_guard(order))
         return guards
@@ -335,27 +311,19 @@ class OrderService:
 
     def _grant(self, order: dict[str, Any], now: int) -> tuple[Executable, RoomError]:
         """The entitlement, as a guard: it changes a row only if the buyer does not own the course."""
-        e = t.entitlements
-        stmt = self._dialect.insert(e).values(
-            user_id=order["buyer"],
-            course_id=order["course_id"],
-            order_id=order["id"],
-            status="active",
-            consumed_pct=0,
-            granted_at=now,
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["user_id", "course_id"],
-            set_={
-                "order_id": order["id"],
-                "status": "active",
-                "consumed_pct": 0,
-                "granted_at": now,
-                "revoked_at": None,
-            },
-            where=e.c.status == "revoked",
-        )
-        return stmt, already_owned()
+        return self._grant_row.values(**self._grant_values(order, now)), already_owned()
+
+    @staticmethod
+    def _grant_values(order: dict[str, Any], now: int) -> dict[str, Any]:
+        return {
+            "user_id": order["buyer"],
+            "course_id": order["course_id"],
+            "order_id": order["id"],
+            "status": "active",
+            "consumed_pct": 0,
+            "granted_at": now,
+            "revoked_at": None,
+        }
 
     def _paid_webhooks(self, order: dict[str, Any], now: int) -> list[Executable]:
         return [insert(t.host_webhooks).values(**values) for values in self._paid_webhook_values(order, now)]
@@ -369,8 +337,8 @@ class OrderService:
         return [Leg(payer, to, amount) for to, amount in acct.split(coins, shares)] if coins else []
 
     def _seat_counts(self, order: dict[str, Any], course: Course) -> list[Count]:
-        """The seats a wallet purchase takes, as counters its ledger batch writes once (the same guards as
-        :meth:`_seat_guards`)."""
+        """The seats an order takes, as counters: a wallet purchase's ledger batch adds them up and writes each
+        once; a pending order writes its own (:meth:`_seat_guards`)."""
         counts = []
         if order["sale_id"] is not None:
             counts.append(
@@ -401,15 +369,7 @@ class OrderService:
 
     def _paid_rows(self, order: dict[str, Any], now: int) -> list[Row]:
         """The order, the entitlement and the host webhooks of a wallet purchase."""
-        grant = {
-            "user_id": order["buyer"],
-            "course_id": order["course_id"],
-            "order_id": order["id"],
-            "status": "active",
-            "consumed_pct": 0,
-            "granted_at": now,
-            "revoked_at": None,
-        }
+        grant = self._grant_values(order, now)
         conflict = RoomError("conflict", "this order conflicts with another")
         return [
             Row(self._order_row, order, key=("id",), error=conflict),
