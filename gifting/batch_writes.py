@@ -19,14 +19,33 @@ from sqlalchemy import Table, Text, cast, func, insert, literal, select, text, u
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Insert, Update
 
 from gifting import tables as t
 from gifting.plans import Leg, Plan, to_json
+from gifting.writer_thread import WriteConnection, execute_many
 from rooms.errors import RoomError
 
 _OUTBOX_IDS = itertools.count()
+
+# Built once, so that SQLite's writer compiles each once (gifting/writer_thread.py, execute_many).
+_INSERT_OPERATION = insert(t.operations)
+_INSERT_TRANSFER = insert(t.transfers)
+_INSERT_HOLD = insert(t.holds)
+_INSERT_OUTBOX = insert(t.outbox)
+_INSERT_AUDIT = insert(t.audit_log)
+
+
+def _add_spent(dialect: Any) -> Insert:
+    """Add to each spender's total of the day (one row per spender and day)."""
+    stmt = dialect.insert(t.daily_spend)
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=["owner", "day"], set_={"spent": t.daily_spend.c.spent + stmt.excluded.spent}
+    )
+
+
+_ADD_SPENT_SQLITE = _add_spent(sqlite)
+_ADD_SPENT_PG = _add_spent(postgresql)
 
 
 @dataclass(frozen=True)
@@ -185,19 +204,16 @@ class BatchWrites:
 
     async def flush(
         self,
-        conn: AsyncConnection,
+        conn: WriteConnection,
         day: int,
         now: int,
         is_pg: bool,
         reversals: dict[str, list[dict[str, Any]]],
     ) -> None:
         """Write the batch: the buyer's rows first, then the counters and balances every operation shares."""
-        await conn.execute(insert(t.operations), self.operations)
-        rows = [self._transfer_row(r, reversals) for r in self.transfers]
-        if rows:
-            await conn.execute(insert(t.transfers), rows)
-        if self.holds:
-            await conn.execute(insert(t.holds), self.holds)
+        await execute_many(conn, _INSERT_OPERATION, self.operations)
+        await execute_many(conn, _INSERT_TRANSFER, [self._transfer_row(r, reversals) for r in self.transfers])
+        await execute_many(conn, _INSERT_HOLD, self.holds)
         for hold_id, status, at in self.closed:
             done = await conn.execute(
                 update(t.holds)
@@ -206,13 +222,8 @@ class BatchWrites:
             )
             if done.rowcount != 1:
                 raise IntegrityError("hold closed twice", None, Exception(hold_id))
-        if self.spent:
-            dialect = postgresql if is_pg else sqlite
-            stmt = dialect.insert(t.daily_spend)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["owner", "day"], set_={"spent": t.daily_spend.c.spent + stmt.excluded.spent}
-            )
-            await conn.execute(stmt, [{"owner": o, "day": day, "spent": s} for o, s in self.spent.items()])
+        spent = [{"owner": o, "day": day, "spent": s} for o, s in self.spent.items()]
+        await execute_many(conn, _ADD_SPENT_PG if is_pg else _ADD_SPENT_SQLITE, spent)
         for room_id, events in self.events.items():
             if events:
                 row_id = f"{self.id_prefix}{next(_OUTBOX_IDS)}"
@@ -220,16 +231,14 @@ class BatchWrites:
                     {"id": row_id, "room_id": room_id, "type": "money", "data": to_json(events), "created_at": now}
                 )
                 self.announce.append({"id": row_id, "room_id": room_id, "events": events})
-        if self.outbox:
-            await conn.execute(insert(t.outbox), self.outbox)
-        if self.audit:
-            await conn.execute(insert(t.audit_log), self.audit)
+        await execute_many(conn, _INSERT_OUTBOX, self.outbox)
+        await execute_many(conn, _INSERT_AUDIT, self.audit)
 
         await self._insert_rows(conn, is_pg)
         await self._write_counts(conn)
         await self._update_balances(conn, is_pg)
 
-    async def _insert_rows(self, conn: AsyncConnection, is_pg: bool) -> None:
+    async def _insert_rows(self, conn: WriteConnection, is_pg: bool) -> None:
         groups: dict[Insert, list[tuple[int, Row]]] = {}
         for index, row in self.rows:
             groups.setdefault(row.into, []).append((index, row))
@@ -258,7 +267,7 @@ class BatchWrites:
         if refused:
             raise RowsRefused(refused)
 
-    async def _write_counts(self, conn: AsyncConnection) -> None:
+    async def _write_counts(self, conn: WriteConnection) -> None:
         groups: dict[tuple[Any, ...], list[Count]] = {}
         for count in self.counts:
             groups.setdefault(count.group(), []).append(count)
@@ -282,7 +291,7 @@ class BatchWrites:
                     break
         return out
 
-    async def _update_balances(self, conn: AsyncConnection, is_pg: bool) -> None:
+    async def _update_balances(self, conn: WriteConnection, is_pg: bool) -> None:
         changed = [(account_id, delta) for account_id, delta in sorted(self.deltas.items()) if delta]
         if not changed:
             return

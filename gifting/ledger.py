@@ -18,7 +18,7 @@ submission order; each is accepted or refused on its own. SQLite transactions ta
 (a teacher's earnings, the platform's revenue, the outside world: the rows every sale touches) are locked
 at the end, in id order, when their balances are written, so the batches of several instances overlap
 everywhere but there. Batches are retried on serialization failures and deadlocks. The transactions run
-in a writer thread with its own event loop and connections (:class:`WriterThread`).
+in a writer thread with its own event loop and connections (gifting/writer_thread.py).
 """
 
 from __future__ import annotations
@@ -27,12 +27,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
-import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from sqlalchemy import ColumnElement, Text, any_, bindparam, func, literal, select, update
@@ -45,9 +43,10 @@ from gifting import accounts as acct
 from gifting import tables as t
 from gifting.batch_writes import BatchWrites, Count, CountRefused, Row, RowsRefused
 from gifting.plans import Caps, Leg, Outcome, Plan
+from gifting.writer_thread import WriteConnection, WriterThread
 from rooms.engine import now_ms
 from rooms.errors import RoomError
-from rooms.tables import autocommit, engine_like
+from rooms.tables import autocommit
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +58,8 @@ DAY_MS = 86_400_000
 #: Kinds of account locked before the checks when touched (their owner's balance is shown and checked).
 LOCKED_FIRST = frozenset({"wallet", "held"})
 
-#: Seconds without a batch after which the writer thread (PostgreSQL) stops and closes its connections.
-WRITER_IDLE_S = 2.0
-
 #: Publishes one room event: (room id, type, data).
 Publisher = Callable[[str, str, dict[str, Any]], Awaitable[None]]
-T = TypeVar("T")
 
 
 class _Refused(Exception):
@@ -102,8 +97,8 @@ class Ledger:
         self._unpublished: list[dict[str, Any]] = []
         self._announcer: asyncio.Task[None] | None = None
         self._is_pg = db.dialect.name == "postgresql"
-        self._thread = WriterThread(db, self._transaction)
-        weakref.finalize(self, self._thread._detach)  # a ledger dropped without close() leaves no thread behind
+        self._thread = WriterThread(db)
+        weakref.finalize(self, self._thread.detach)  # a ledger dropped without close() leaves no thread behind
         #: Accounts of kinds not locked first that committed batches wrote (none is ever deleted).
         self._accounts_seen: set[str] = set()
 
@@ -213,9 +208,9 @@ class Ledger:
         return await self._thread.run(lambda conn: self._apply(conn, batch))
 
     @contextlib.asynccontextmanager
-    async def _transaction(self, db: AsyncEngine | None = None) -> AsyncIterator[AsyncConnection]:
-        """A write transaction on ``db`` (this ledger's engine by default)."""
-        db = db or self.db
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on this event loop (batches run in the writer thread instead)."""
+        db = self.db
         if self._is_pg:
             async with db.begin() as conn:
                 yield conn
@@ -234,7 +229,7 @@ class Ledger:
 
     # applying a batch inside one transaction
     async def _apply(
-        self, conn: AsyncConnection, batch: list[_Pending]
+        self, conn: WriteConnection, batch: list[_Pending]
     ) -> tuple[list[Outcome | RoomError], BatchWrites]:
         """Each plan's outcome, and what the batch wrote (its outbox rows are announced once the transaction
         has committed)."""
@@ -325,14 +320,14 @@ class Ledger:
             return column == any_(literal(values, ARRAY(Text)))
         return column.in_(bindparam(None, list(values), expanding=True))
 
-    async def _load_holds(self, conn: AsyncConnection, plans: list[Plan]) -> dict[str, dict[str, Any]]:
+    async def _load_holds(self, conn: WriteConnection, plans: list[Plan]) -> dict[str, dict[str, Any]]:
         ids = [p.hold_close[0] for p in plans if p.hold_close]
         if not ids:
             return {}
         query = select(t.holds).where(t.holds.c.id.in_(ids)).order_by(t.holds.c.id).with_for_update()
         return {r.id: dict(r._mapping) for r in await conn.execute(query)}
 
-    async def _load_reversals(self, conn: AsyncConnection, plans: list[Plan]) -> dict[str, list[dict[str, Any]]]:
+    async def _load_reversals(self, conn: WriteConnection, plans: list[Plan]) -> dict[str, list[dict[str, Any]]]:
         """The transfers of each operation to reverse, each with whether it was reversed already."""
         targets = [p.reverse_of for p in plans if p.reverse_of]
         if not targets:
@@ -386,10 +381,10 @@ class Ledger:
             a for a in touched if acct.kind_of(a) in LOCKED_FIRST or (a in debited and acct.kind_of(a) in acct.FLOORED)
         ]
 
-    async def _create_accounts(self, conn: AsyncConnection, ids: list[str], now: int) -> None:
+    async def _create_accounts(self, conn: WriteConnection, ids: list[str], now: int) -> None:
         await create_accounts(conn, ids, now)
 
-    async def _lock_balances(self, conn: AsyncConnection, ids: list[str]) -> dict[str, tuple[int, bool]]:
+    async def _lock_balances(self, conn: WriteConnection, ids: list[str]) -> dict[str, tuple[int, bool]]:
         if not ids:
             return {}
         a = t.accounts
@@ -397,10 +392,10 @@ class Ledger:
         # KEY UPDATE: other batches' transfers to these accounts (foreign keys) need not wait for this one.
         query = select(a.c.id, a.c.balance, a.c.may_go_negative).where(self._among(a.c.id, ids)).order_by(a.c.id)
         locked = query.with_for_update(key_share=True)
-        return {r.id: (int(r.balance), bool(r.may_go_negative)) for r in await conn.execute(locked)}
+        return {r[0]: (int(r[1]), bool(r[2])) for r in (await conn.execute(locked)).all()}
 
     async def _load_spending(
-        self, conn: AsyncConnection, spenders: list[str], day: int
+        self, conn: WriteConnection, spenders: list[str], day: int
     ) -> tuple[dict[str, int], dict[str, Caps]]:
         if not spenders:
             return {}, {}
@@ -409,8 +404,8 @@ class Ledger:
             select(d.c.owner, d.c.spent).where(self._among(d.c.owner, spenders), d.c.day == day)
         )
         limit_rows = await conn.execute(select(lim).where(self._among(lim.c.owner, spenders)))
-        spent = {r.owner: int(r.spent) for r in spent_rows}
-        limits = {r.owner: Caps(r.per_transfer, r.daily) for r in limit_rows}
+        spent = {r[0]: int(r[1]) for r in spent_rows.all()}
+        limits = {r.owner: Caps(r.per_transfer, r.daily) for r in limit_rows.all()}
         return spent, limits
 
     def _legs_of(
@@ -546,92 +541,6 @@ class Ledger:
             return int((await conn.execute(select(func.coalesce(func.sum(t.accounts.c.balance), 0)))).scalar() or 0)
 
 
-class WriterThread:
-    """A thread with its own event loop and database engine (same database and connection setup as ``db``)
-    in which the ledger's transactions run, each opened by ``begin(engine)``. Each round trip of a batch
-    then costs the database's time, not a turn of the app's event loop, which a gift storm or a flash sale
-    fills with thousands of socket events a second. Started by the first batch; stops, closing its
-    connections, after ``WRITER_IDLE_S`` without one (or at :meth:`stop`)."""
-
-    def __init__(
-        self, db: AsyncEngine, begin: Callable[[AsyncEngine], contextlib.AbstractAsyncContextManager[AsyncConnection]]
-    ) -> None:
-        self._db = db
-        self._begin = begin
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._engine: AsyncEngine | None = None
-        self._thread: threading.Thread | None = None
-        self._in_flight = 0
-        self._last_used = 0.0
-
-    async def run(self, apply: Callable[[AsyncConnection], Coroutine[Any, Any, T]]) -> T:
-        """``apply(conn)`` in a transaction in the thread (committed if it returns, rolled back if it raises)."""
-        with self._lock:
-            if self._loop is None:
-                self._start()
-            assert self._loop is not None and self._engine is not None
-            self._in_flight += 1
-            loop, engine = self._loop, self._engine
-
-        async def in_thread() -> T:
-            try:
-                async with self._begin(engine) as conn:
-                    return await apply(conn)
-            finally:
-                with self._lock:
-                    self._in_flight -= 1
-                    self._last_used = time.monotonic()
-                loop.call_later(WRITER_IDLE_S, self._stop_if_idle, loop)
-
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(in_thread(), loop))
-
-    def _start(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._engine = engine_like(self._db, pool_size=1, max_overflow=1)
-        self._thread = threading.Thread(target=self._serve, args=(loop, self._engine), name="ledger-writer")
-        self._thread.daemon = True
-        self._loop = loop
-        self._thread.start()
-
-    @staticmethod
-    def _serve(loop: asyncio.AbstractEventLoop, engine: AsyncEngine) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-            loop.run_until_complete(engine.dispose())
-        finally:
-            loop.close()
-
-    def _stop_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
-        # In the thread, WRITER_IDLE_S after a batch ended. A batch that ended since then has its own timer
-        # (hence only half the time: timers may fire a hair early). Under the lock, so no batch can be handed
-        # to a loop that is stopping.
-        with self._lock:
-            if self._loop is not loop or self._in_flight or time.monotonic() - self._last_used < WRITER_IDLE_S / 2:
-                return
-            self._loop = self._engine = self._thread = None
-        loop.stop()
-
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the thread once its batches are done, and close its connections."""
-        deadline = time.monotonic() + timeout_s
-        while self._in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 - set by the thread
-            await asyncio.sleep(0.01)
-        thread = self._detach()
-        if thread is not None:
-            await asyncio.to_thread(thread.join, timeout_s)
-
-    def _detach(self) -> threading.Thread | None:
-        """Tell the thread to stop (it closes its connections) and forget it; safe from any thread."""
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._engine = self._thread = None
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
-        return thread
-
-
 def money_event(events: list[dict[str, Any]]) -> dict[str, Any]:
     """The data of one ``money`` room event: every event for staff (the teacher's live feed), and a summary
     for everyone else: counts and coins per gift, and the biggest events (a room sending thousands of
@@ -650,7 +559,7 @@ def money_event(events: list[dict[str, Any]]) -> dict[str, Any]:
     return {"events": events, "public": public}
 
 
-async def create_accounts(conn: AsyncConnection, ids: list[str], now: int) -> None:
+async def create_accounts(conn: WriteConnection, ids: list[str], now: int) -> None:
     """Create the accounts that do not exist yet among ``ids`` (with a balance of 0), in id order."""
     rows = []
     for account_id in sorted(ids):

@@ -28,12 +28,13 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
-import orjson
 import socketio
 from aiohttp.web import WebSocketResponse
 from engineio import packet as eio_packet
 from engineio.async_drivers import aiohttp as eio_aiohttp
 from socketio import packet as sio_packet
+
+from rooms import wire_json
 
 ACK_REQUESTED: ContextVar[bool] = ContextVar("ack_requested", default=False)
 #: Size of the raw Socket.IO packet being handled (event name, ack id and JSON payload), in characters.
@@ -80,11 +81,11 @@ class WireJson:
 
     @staticmethod
     def dumps(value: Any, **_: Any) -> str:
-        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+        return wire_json.dumps(value)
 
     @staticmethod
     def loads(text: str | bytes, **_: Any) -> Any:
-        return orjson.loads(text)
+        return wire_json.loads(text)
 
 
 class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from rooms import wire_json
 from rooms.engine import (
     Engine,
     History,
@@ -64,7 +64,7 @@ class MemoryEngine(Engine):
 
     async def publish(self, room_id: str, type: str, data: dict[str, Any]) -> Publication:
         # Round-trip through JSON so both engines hand listeners the same plain data.
-        data = json.loads(json.dumps(data))
+        data = wire_json.plain(data)
         async with self._lock:
             stream = self._stream(room_id)
             stream.offset += 1

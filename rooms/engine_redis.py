@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -25,6 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from rooms import wire_json
 from rooms.engine import (
     Engine,
     EngineUnavailable,
@@ -245,7 +245,7 @@ class RedisEngine(Engine):
 
     async def publish(self, room_id: str, type: str, data: dict[str, Any]) -> Publication:
         ts = now_ms()
-        payload = json.dumps({"t": type, "d": data, "ts": ts}, separators=(",", ":"))
+        payload = wire_json.dumps({"t": type, "d": data, "ts": ts})
         offset, epoch = await self.call(
             self._publish,
             [self.key(room_id, "s"), self.key(room_id, "m")],
@@ -277,11 +277,11 @@ class RedisEngine(Engine):
 
     @staticmethod
     def _entry(room_id: str, epoch: str, entry_id: str, fields: list[str]) -> Publication:
-        body = json.loads(fields[1])
+        body = wire_json.loads(fields[1])
         return Publication(room_id, int(entry_id.split("-", 1)[0]), epoch, body["t"], body["d"], body["ts"])
 
     async def broadcast(self, room_id: str, event: str, data: dict[str, Any]) -> None:
-        message = json.dumps({"x": event, "p": data}, separators=(",", ":"))
+        message = wire_json.dumps({"x": event, "p": data})
         try:
             await self.redis.publish(self._channel(room_id), message)
         except _UNAVAILABLE as exc:
@@ -377,7 +377,7 @@ class RedisEngine(Engine):
     async def _dispatch(self, room_id: str, raw: str) -> None:
         assert self.listener is not None
         try:
-            msg = json.loads(raw)
+            msg = wire_json.loads(raw)
             if "x" in msg:
                 await self.listener.on_ephemeral(room_id, msg["x"], msg["p"])
                 return
@@ -418,7 +418,7 @@ class RedisEngine(Engine):
         first, count = await self.call(
             self._presence_add,
             self._presence_keys(room_id),
-            [conn_id, json.dumps(member), member["user_id"], expires_ms, self.presence_key_ttl_s],
+            [conn_id, wire_json.dumps(member), member["user_id"], expires_ms, self.presence_key_ttl_s],
         )
         return PresenceChange(bool(first), int(count))
 
@@ -430,7 +430,7 @@ class RedisEngine(Engine):
                 for conn_id, member in members.items():
                     args: list[str | int] = [
                         conn_id,
-                        json.dumps(member),
+                        wire_json.dumps(member),
                         member["user_id"],
                         expires_ms,
                         self.presence_key_ttl_s,
@@ -452,7 +452,7 @@ class RedisEngine(Engine):
         seen: dict[str, dict[str, str]] = {}
         try:
             async for _, raw in self.redis.hscan_iter(self.key(room_id, "pi"), count=200):
-                member = json.loads(raw)
+                member = wire_json.loads(raw)
                 seen.setdefault(member["user_id"], member)
                 if len(seen) >= limit:
                     break

@@ -13,7 +13,6 @@ room from SQL with :meth:`QaStore.restore` first.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from abc import ABC, abstractmethod
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from rooms import wire_json
 from rooms.engine import Publication, StreamPosition
 from rooms.engine_memory import MemoryEngine
 from rooms.errors import RoomError
@@ -186,7 +186,7 @@ class MemoryQaStore(QaStore):
 
     async def ask(self, room_id: str, question: dict[str, Any]) -> Change:
         room = self._room(room_id)
-        question = json.loads(json.dumps(question))
+        question = wire_json.plain(question)
         room.questions[question["id"]] = question
         room.counts[question["id"]] = 0
         pub = await self.engine.publish(room_id, "qa.question", _publication_data(question, 0, room.pin))
@@ -200,7 +200,7 @@ class MemoryQaStore(QaStore):
         if QuestionState(current["state"]) not in move.allowed_from:
             raise state_error(current["state"], move.action)
         to = move.to
-        question = {**current, **json.loads(json.dumps(patch)), "state": to.value, "v": current["v"] + 1}
+        question = {**current, **wire_json.plain(patch), "state": to.value, "v": current["v"] + 1}
         question["updated_ts"] = now
         if to.visible and question.get("published_ts") is None:
             question["published_ts"] = now
@@ -262,7 +262,7 @@ class MemoryQaStore(QaStore):
         room = self._room(room_id)
         position = (await self.engine.history(room_id, None, 0)).position
         questions = {qid: {**q, "votes": room.counts.get(qid, 0)} for qid, q in room.questions.items()}
-        return QaSnapshot(json.loads(json.dumps(questions)), room.pin, position)
+        return QaSnapshot(wire_json.plain(questions), room.pin, position)
 
     async def voted(self, room_id: str, user_id: str, question_ids: list[str]) -> set[str]:
         room = self._room(room_id)
@@ -273,7 +273,7 @@ class MemoryQaStore(QaStore):
             return False
         room = _MemoryRoom(seq=data.seq)
         for question in data.questions:
-            room.questions[question["id"]] = json.loads(json.dumps(question))
+            room.questions[question["id"]] = wire_json.plain(question)
             room.counts[question["id"]] = 0
         for qid, user_id in data.voters:
             if qid in room.counts and (qid, user_id) not in room.voters:

@@ -16,9 +16,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    create_engine,
     event,
     false,
 )
+from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -29,17 +31,25 @@ metadata = MetaData()
 def sqlite_engine(url: str, **options: Any) -> AsyncEngine:
     """An async SQLite engine whose every connection has WAL, a busy timeout and foreign keys on."""
     engine = create_async_engine(url, connect_args={"timeout": 30}, **options)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _sqlite_pragmas(conn: DBAPIConnection, _: ConnectionPoolEntry) -> None:
-        cursor = conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def sqlite_sync_engine(db: AsyncEngine, **options: Any) -> Engine:
+    """A synchronous engine (the standard library's driver) on ``db``'s SQLite database, with the same
+    connection setup: for a thread that runs its statements itself instead of through aiosqlite's."""
+    engine = create_engine(db.url.set(drivername="sqlite"), connect_args={"timeout": 30}, **options)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(conn: DBAPIConnection, _: ConnectionPoolEntry) -> None:
+    cursor = conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
 
 
 def engine_like(db: AsyncEngine, **options: Any) -> AsyncEngine:

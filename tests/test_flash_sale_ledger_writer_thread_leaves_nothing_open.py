@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 
 from gifting import accounts as acct
-from gifting import ledger as ledger_module
 from gifting import operations as ops
+from gifting import writer_thread
 from gifting.ledger import Ledger
 from gifting.plans import Caps
 from live.config import normalize_database_url
@@ -35,7 +35,7 @@ async def connections(database: str) -> int:
 
 
 async def test_the_writer_thread_stops_when_idle_and_at_close(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ledger_module, "WRITER_IDLE_S", 1.0)
+    monkeypatch.setattr(writer_thread, "WRITER_IDLE_S", 1.0)
     url = normalize_database_url(pg_url)
     database = url.rsplit("/", 1)[1]
     await migrate(url)

@@ -1,0 +1,96 @@
+"""SQLite's ledger writer runs its statements itself (gifting/writer_thread.py): through the standard
+library's driver, and for a batch's many rows straight through ``executemany``. What it writes, and the
+errors it raises, must be what SQLAlchemy's own path gives: Python-side defaults and type conversions
+applied, and a constraint violation raised as SQLAlchemy's ``IntegrityError`` (the ledger refuses the
+operation at fault by it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, TypeDecorator, insert, select
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import IntegrityError
+
+from gifting.writer_thread import WriterThread, execute_many
+from rooms.tables import sqlite_engine
+
+
+class Lower(TypeDecorator[str]):
+    """A type that converts what is written (as Enum, JSON or DateTime do on SQLite)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        return value.lower() if value is not None else None
+
+
+metadata = MetaData()
+items = Table(
+    "items",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("n", Integer, nullable=False),
+)
+stamped = Table(
+    "stamped",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("name", Lower, nullable=False),
+    Column("kind", String, nullable=False, default="plain"),  # a Python-side default
+)
+INSERT_ITEM = insert(items)
+INSERT_STAMPED = insert(stamped)
+ADD_N = sqlite.insert(items).on_conflict_do_update(index_elements=["id"], set_={"n": items.c.n + 1})
+
+
+@pytest.fixture
+async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
+    engine = sqlite_engine(f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    yield engine
+    await engine.dispose()
+
+
+async def test_rows_defaults_conversions_and_upserts_are_written(db) -> None:  # type: ignore[no-untyped-def]
+    writer = WriterThread(db)
+
+    async def write(conn) -> None:  # type: ignore[no-untyped-def]
+        await execute_many(conn, INSERT_ITEM, [{"id": "a", "n": 1}, {"id": "b", "n": 2}])
+        await execute_many(conn, INSERT_ITEM, [])
+        await execute_many(conn, ADD_N, [{"id": "a", "n": 0}, {"id": "c", "n": 7}])
+        await execute_many(conn, INSERT_STAMPED, [{"id": "s1", "name": "Ana"}])
+        await execute_many(conn, INSERT_STAMPED, [{"id": "s2", "name": "BO", "kind": "x"}])
+
+    try:
+        await writer.run(write)
+        async with db.connect() as conn:
+            assert (await conn.execute(select(items.c.id, items.c.n).order_by(items.c.id))).all() == [
+                ("a", 2),
+                ("b", 2),
+                ("c", 7),
+            ]
+            got = (await conn.execute(select(stamped).order_by(stamped.c.id))).all()
+            assert got == [("s1", "ana", "plain"), ("s2", "bo", "x")]
+    finally:
+        await writer.stop()
+
+
+async def test_a_violation_is_sqlalchemys_integrity_error_and_rolls_back(db) -> None:  # type: ignore[no-untyped-def]
+    writer = WriterThread(db)
+
+    async def write(conn) -> None:  # type: ignore[no-untyped-def]
+        await execute_many(conn, INSERT_ITEM, [{"id": "z", "n": 1}])
+        await execute_many(conn, INSERT_ITEM, [{"id": "y", "n": 1}, {"id": "z", "n": 2}])
+
+    try:
+        with pytest.raises(IntegrityError, match="UNIQUE"):
+            await writer.run(write)
+        async with db.connect() as conn:
+            assert (await conn.execute(select(items))).all() == [], "the whole transaction rolled back"
+    finally:
+        await writer.stop()
