@@ -15,8 +15,16 @@ TEACHER = {"publish": True, "chat": True, "ask": True, "gift": False, "buy": Fal
 def mint(secret: str, room: str, sub: str, role: str, grants: dict[str, bool]) -> str:
     """A join token as the server's admin API would mint it, valid for six hours."""
     now = int(time.time())
-    claims = {"sub": sub, "name": sub, "room": room, "role": role, "grants": grants,
-              "aud": AUDIENCE, "iat": now, "exp": now + 6 * 3600}
+    claims = {
+        "sub": sub,
+        "name": sub,
+        "room": room,
+        "role": role,
+        "grants": grants,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 6 * 3600,
+    }
     return jwt.encode(claims, secret, algorithm="HS256")
 
 

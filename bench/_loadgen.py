@@ -158,8 +158,12 @@ async def _main(conn: Connection, members: list[MemberSpec], transport: str, con
         c.other_events = events
     connected = [i for i, r in enumerate(results) if isinstance(r, SioClient)]
     errors = Counter(_describe(r) for r in results if isinstance(r, BaseException))
-    conn.send(("ready", {"connected": len(clients), "failed": len(members) - len(clients),
-                         "errors": dict(errors.most_common(5))}))
+    conn.send(
+        (
+            "ready",
+            {"connected": len(clients), "failed": len(members) - len(clients), "errors": dict(errors.most_common(5))},
+        )
+    )
     # Nothing allocated from here on needs the cyclic GC; freezing avoids multi-ms pauses
     # that would show up as latency.
     gc.collect()

@@ -31,8 +31,13 @@ def encode_clip(width: int, height: int, fps: int, frames: int, bitrate: int) ->
     codec.time_base = fractions.Fraction(1, fps)
     codec.gop_size = 1_000_000
     codec.options = {
-        "deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1",
-        "minrate": str(bitrate), "maxrate": str(bitrate), "bufsize": str(bitrate),
+        "deadline": "realtime",
+        "cpu-used": "8",
+        "lag-in-frames": "0",
+        "error-resilient": "1",
+        "minrate": str(bitrate),
+        "maxrate": str(bitrate),
+        "bufsize": str(bitrate),
     }
     out: list[bytes] = []
     ramp = bytes(range(256)) * (width * 2 // 256 + 2)

@@ -57,12 +57,20 @@ class Proc:
     _stopped: bool = field(default=False, repr=False)
 
     @classmethod
-    def start(cls, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None,
-              cwd: Path | None = None) -> Proc:
+    def start(
+        cls, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Proc:
         log_path = log_dir / f"{name}.log"
         with open(log_path, "wb") as out:
-            popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+            popen = subprocess.Popen(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         proc = cls(name, popen, log_path)
         _STARTED.append(proc)
         return proc
@@ -167,8 +175,11 @@ async def wait_ready(url: str, procs: list[Proc], timeout: float) -> None:
 
 def start_redis(log_dir: Path) -> tuple[Proc, int]:
     port = free_port()
-    proc = Proc.start(f"redis-{port}", ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                                        "--save", "", "--appendonly", "no"], log_dir)
+    proc = Proc.start(
+        f"redis-{port}",
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        log_dir,
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if not proc.alive():
@@ -256,6 +267,5 @@ def start_reference_instances(n: int, redis_url: str, log_dir: Path) -> list[tup
     for i in range(n):
         port = free_port()
         env = {**os.environ, "PORT": str(port), "REDIS_URL": redis_url, "NODE_ENV": "production"}
-        started.append((Proc.start(f"reference-{i}-{port}", [node, "server.js"], log_dir, env,
-                                   REFERENCE_DIR), port))
+        started.append((Proc.start(f"reference-{i}-{port}", [node, "server.js"], log_dir, env, REFERENCE_DIR), port))
     return started

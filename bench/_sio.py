@@ -179,9 +179,7 @@ class RawTransport:
     async def open(self, host: str, port: int, path: str) -> None:
         key = base64.b64encode(os.urandom(16))
         loop = asyncio.get_running_loop()
-        _, proto = await loop.create_connection(
-            lambda: _RawWsProtocol(key, self._on_text, self._on_lost), host, port
-        )
+        _, proto = await loop.create_connection(lambda: _RawWsProtocol(key, self._on_text, self._on_lost), host, port)
         self._proto = proto
         assert proto.transport is not None
         proto.transport.write(

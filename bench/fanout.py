@@ -182,8 +182,9 @@ class Generators:
         procs, conns = [], []
         for i in range(n_procs):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_loadgen.run, args=(child, members[i::n_procs], transport),
-                               name=f"loadgen-{i}", daemon=True)
+            proc = ctx.Process(
+                target=_loadgen.run, args=(child, members[i::n_procs], transport), name=f"loadgen-{i}", daemon=True
+            )
             proc.start()
             child.close()
             procs.append(proc)
@@ -356,8 +357,15 @@ class Bench:
     """One server under test with its members and senders. `turn` is shared by all targets: one
     step runs at a time, and since asyncio.Lock is FIFO, two targets' steps alternate."""
 
-    def __init__(self, target: Target, gens: Generators, senders: Senders, members: int,
-                 turn: asyncio.Lock, bench_pids: list[int]) -> None:
+    def __init__(
+        self,
+        target: Target,
+        gens: Generators,
+        senders: Senders,
+        members: int,
+        turn: asyncio.Lock,
+        bench_pids: list[int],
+    ) -> None:
         self.target = target
         self.gens = gens
         self.senders = senders
@@ -429,8 +437,15 @@ class Bench:
         cpu = self._cpu_window(cpu0, cpu1, main_cpu, wall, busy0, busy1)
         return self._summarize(rate, duration, report, stats, cpu, sender_deliveries, main_cpu)
 
-    def _cpu_window(self, cpu0: dict[int, float], cpu1: dict[int, float], main_cpu: float, wall: float,
-                    busy0: tuple[float, float], busy1: tuple[float, float]) -> CpuWindow:
+    def _cpu_window(
+        self,
+        cpu0: dict[int, float],
+        cpu1: dict[int, float],
+        main_cpu: float,
+        wall: float,
+        busy0: tuple[float, float],
+        busy1: tuple[float, float],
+    ) -> CpuWindow:
         used = {pid: cpu1.get(pid, 0.0) - cpu0.get(pid, 0.0) for pid in cpu0}
         named = self.target.named_pids()
         mine = set(named.values()) | set(self.gens.pids())
@@ -443,8 +458,16 @@ class Bench:
             machine_busy=(busy1[0] - busy0[0]) / max(1.0, busy1[1] - busy0[1]),
         )
 
-    def _summarize(self, rate: float, duration: float, report: SendReport, stats: list[dict[str, Any]],
-                   cpu: CpuWindow, sender_deliveries: int, main_cpu: float) -> StepResult:
+    def _summarize(
+        self,
+        rate: float,
+        duration: float,
+        report: SendReport,
+        stats: list[dict[str, Any]],
+        cpu: CpuWindow,
+        sender_deliveries: int,
+        main_cpu: float,
+    ) -> StepResult:
         per_member = [n for s in stats for n in s["per_member"]]
         members = len(per_member)
         expected_each = report.ok
@@ -458,14 +481,24 @@ class Bench:
         ack_sorted = sorted(report.ack_ms)
         load_cpu = sum(s["cpu_s"] / s["wall_s"] for s in stats) + main_cpu / cpu.wall
         res = StepResult(
-            rate=rate, duration_s=duration, members=members, sent=report.sent, accepted=report.ok,
+            rate=rate,
+            duration_s=duration,
+            members=members,
+            sent=report.sent,
+            accepted=report.ok,
             send_errors=dict(report.errors) | ({"unacked": report.unacked} if report.unacked else {}),
-            expected=expected_each * members, delivered=delivered, missing=missing, duplicates=duplicates,
+            expected=expected_each * members,
+            delivered=delivered,
+            missing=missing,
+            duplicates=duplicates,
             offered_per_s=round(expected_each * members / duration, 1),
             deliveries_per_s=round(in_window / duration, 1),
-            p50_ms=percentile(hist, 0.50), p90_ms=percentile(hist, 0.90), p99_ms=percentile(hist, 0.99),
+            p50_ms=percentile(hist, 0.50),
+            p90_ms=percentile(hist, 0.90),
+            p99_ms=percentile(hist, 0.99),
             max_ms=round(max(hist) / _loadgen.HIST_PER_MS, 1) if hist else None,
-            ack_p50_ms=_quantile(ack_sorted, 0.5), ack_p99_ms=_quantile(ack_sorted, 0.99),
+            ack_p50_ms=_quantile(ack_sorted, 0.5),
+            ack_p99_ms=_quantile(ack_sorted, 0.99),
             server_cpu=cpu.server_cpu,
             cpu_us_per_delivery=round(cpu.server_cpu_s / all_deliveries * 1e6, 2) if all_deliveries else None,
             gen_cpu_max=round(max(s["cpu_s"] / s["wall_s"] for s in stats), 3),
@@ -476,7 +509,8 @@ class Bench:
             send_lag_ms=round(report.max_lag_ms, 1),
             slow_moments=_slow_moments(stats),
             disconnected=sum(s["disconnected"] for s in stats),
-            keeps_up=False, why_not="",
+            keeps_up=False,
+            why_not="",
         )
         res.why_not = _why_not(res, report)
         res.keeps_up = not res.why_not
@@ -523,19 +557,27 @@ def _why_not(res: StepResult, report: SendReport) -> str:
 
 
 def _step_line(name: str, r: StepResult) -> str:
-    return (f"{name:9} rate {r.rate:7.1f}/s  deliveries {r.deliveries_per_s:9.1f}/s of {r.offered_per_s:9.1f}"
-            f"  p50 {r.p50_ms} p99 {r.p99_ms} ms  missing {r.missing}  server cpu {r.server_cpu}"
-            f"  {r.cpu_us_per_delivery} us/delivery  gen {r.gen_cpu_max}  busy {r.machine_busy}"
-            f"  foreign {r.foreign_cpu}"
-            f"  {'ok' if r.keeps_up else 'FAIL: ' + r.why_not}")
+    return (
+        f"{name:9} rate {r.rate:7.1f}/s  deliveries {r.deliveries_per_s:9.1f}/s of {r.offered_per_s:9.1f}"
+        f"  p50 {r.p50_ms} p99 {r.p99_ms} ms  missing {r.missing}  server cpu {r.server_cpu}"
+        f"  {r.cpu_us_per_delivery} us/delivery  gen {r.gen_cpu_max}  busy {r.machine_busy}"
+        f"  foreign {r.foreign_cpu}"
+        f"  {'ok' if r.keeps_up else 'FAIL: ' + r.why_not}"
+    )
 
 
 # --------------------------------------------------------------------------- saturation
 
 
-async def saturate(run: Callable[[float], Awaitable[StepResult]], name: str, start: float,
-                   max_rate: float, refine: int, confirm: int,
-                   first: StepResult | None = None) -> tuple[StepResult | None, list[StepResult]]:
+async def saturate(
+    run: Callable[[float], Awaitable[StepResult]],
+    name: str,
+    start: float,
+    max_rate: float,
+    refine: int,
+    confirm: int,
+    first: StepResult | None = None,
+) -> tuple[StepResult | None, list[StepResult]]:
     """The highest rate that keeps up: bracket it (x1.5 up from `start`, or /2 down if `start`
     already fails), then bisect `refine` times. A failed rate is tried `confirm` more times and
     passes if any try does: p99 over a few seconds on a shared 2-core machine is noisy, and one
@@ -599,8 +641,9 @@ class Prepared:
     settle_s: float
 
 
-async def prepare(kind: str, args: argparse.Namespace, stack: AsyncExitStack, turn: asyncio.Lock,
-                  bench_pids: list[int]) -> Prepared:
+async def prepare(
+    kind: str, args: argparse.Namespace, stack: AsyncExitStack, turn: asyncio.Lock, bench_pids: list[int]
+) -> Prepared:
     """Start one server under test and fill its room; everything is stopped when `stack` closes."""
     log(f"=== {kind}: {args.members} members over {INSTANCES} instances")
     work = Path(tempfile.mkdtemp(prefix=f"lc-bench-{kind}-"))
@@ -615,8 +658,11 @@ async def prepare(kind: str, args: argparse.Namespace, stack: AsyncExitStack, tu
     stack.push_async_callback(senders.close)
     await senders.ensure(1)  # the first teacher's join creates the room
     members = [
-        MemberSpec("127.0.0.1", target.instances[i % INSTANCES][1],
-                   mint(target.secret, room, f"bench-student-{i}", "student", STUDENT_GRANTS))
+        MemberSpec(
+            "127.0.0.1",
+            target.instances[i % INSTANCES][1],
+            mint(target.secret, room, f"bench-student-{i}", "student", STUDENT_GRANTS),
+        )
         for i in range(args.members)
     ]
     gens = Generators.spawn(members, args.procs, args.transport)
@@ -645,9 +691,15 @@ async def measure(p: Prepared, args: argparse.Namespace) -> dict[str, Any]:
         log(_step_line(p.kind, fixed))
         out["fixed"] = fixed
     if args.saturate or args.saturate_only:
-        best, steps = await saturate(lambda r: p.bench.step(r, args.step_duration, args.drain), p.kind,
-                                     args.rate, args.max_rate, args.refine, args.confirm,
-                                     first=out.get("fixed"))
+        best, steps = await saturate(
+            lambda r: p.bench.step(r, args.step_duration, args.drain),
+            p.kind,
+            args.rate,
+            args.max_rate,
+            args.refine,
+            args.confirm,
+            first=out.get("fixed"),
+        )
         out["saturation"] = {"best": best, "steps": steps}
     return out
 
@@ -727,8 +779,15 @@ def _limit(best: StepResult | None, steps: list[StepResult]) -> dict[str, Any] |
         bound = "machine CPU (servers, Redis, generators and other processes share 2 cores)"
     else:
         bound = "latency or lag with CPU to spare"
-    return {"rate": r.rate, "why": r.why_not, "bound": bound, "server_cpu": r.server_cpu,
-            "gen_cpu_total": r.gen_cpu_total, "foreign_cpu": r.foreign_cpu, "machine_busy": r.machine_busy}
+    return {
+        "rate": r.rate,
+        "why": r.why_not,
+        "bound": bound,
+        "server_cpu": r.server_cpu,
+        "gen_cpu_total": r.gen_cpu_total,
+        "foreign_cpu": r.foreign_cpu,
+        "machine_busy": r.machine_busy,
+    }
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -765,8 +824,10 @@ def summary(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> dic
     out["max_foreign_cpu"] = max((r.foreign_cpu for r in steps), default=None)
     out["noisy"] = bool(steps) and max(r.foreign_cpu for r in steps) > NOISY_CPU
     if out["noisy"]:
-        log(f"warning: other processes used up to {out['max_foreign_cpu']} cores during the run; "
-            "figures are less comparable (see foreign_cpu per step)")
+        log(
+            f"warning: other processes used up to {out['max_foreign_cpu']} cores during the run; "
+            "figures are less comparable (see foreign_cpu per step)"
+        )
     return out
 
 
@@ -787,8 +848,7 @@ def write_details(path: Path, args: argparse.Namespace, results: dict[str, dict[
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--members", type=int, help="receiving members (default 1000; 200 with --quick)")
     p.add_argument("--rate", type=float, default=20.0, help="chat messages per second (default 20)")
     p.add_argument("--duration", type=float, help="seconds of load at --rate (default 30; 5 with --quick)")
@@ -801,11 +861,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--confirm", type=int, default=1, help="re-runs of a failed saturation step (default 1)")
     p.add_argument("--drain", type=float, help="min seconds to wait for late deliveries after the last send")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes (default 2)")
-    p.add_argument("--transport", choices=("raw", "aiohttp"), default="raw",
-                   help="websocket client used by generators (raw: cheapest)")
+    p.add_argument(
+        "--transport",
+        choices=("raw", "aiohttp"),
+        default="raw",
+        help="websocket client used by generators (raw: cheapest)",
+    )
     p.add_argument("--only", choices=("live", "reference"), help="benchmark one server only")
-    p.add_argument("--interleave", action="store_true",
-                   help="both servers up at once, steps alternating (see the caveat above)")
+    p.add_argument(
+        "--interleave", action="store_true", help="both servers up at once, steps alternating (see the caveat above)"
+    )
     p.add_argument("--sqlite", action="store_true", help="our server on SQLite instead of PostgreSQL")
     p.add_argument("--keep-logs", action="store_true", help="keep server logs in the temp dir")
     p.add_argument("--details", type=Path, help="write every step's figures to this JSON file")

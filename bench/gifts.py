@@ -96,8 +96,14 @@ async def _generate(port: int, tokens: list[str], rate: float, duration: float, 
     finished = time.monotonic() - began
     for c in clients:
         await c.close()
-    return {"accepted": accepted, "latencies": latencies, "errors": errors, "elapsed": finished,
-            "sent": sent_n, "cpu_s": time.process_time()}
+    return {
+        "accepted": accepted,
+        "latencies": latencies,
+        "errors": errors,
+        "elapsed": finished,
+        "sent": sent_n,
+        "cpu_s": time.process_time(),
+    }
 
 
 def generator_main(conn: Connection, port: int, tokens: list[str], rate: float, duration: float) -> None:
@@ -116,17 +122,25 @@ async def ledger_facts(db_url: str) -> dict[str, int]:
     try:
         async with engine.connect() as c:
             total = (await c.execute(text("SELECT COALESCE(SUM(balance), 0) FROM ledger_accounts"))).scalar()
-            floored = (await c.execute(text(
-                "SELECT COUNT(*) FROM ledger_accounts WHERE balance < 0 AND NOT may_go_negative"))).scalar()
+            floored = (
+                await c.execute(text("SELECT COUNT(*) FROM ledger_accounts WHERE balance < 0 AND NOT may_go_negative"))
+            ).scalar()
             gifts = (await c.execute(text("SELECT COUNT(*) FROM ledger_transfers WHERE kind = 'gift'"))).scalar()
-            teacher = (await c.execute(text(
-                "SELECT balance FROM ledger_accounts WHERE id = 'earnings:teacher'"))).scalar()
-            platform = (await c.execute(text(
-                "SELECT balance FROM ledger_accounts WHERE id = 'platform:revenue'"))).scalar()
+            teacher = (
+                await c.execute(text("SELECT balance FROM ledger_accounts WHERE id = 'earnings:teacher'"))
+            ).scalar()
+            platform = (
+                await c.execute(text("SELECT balance FROM ledger_accounts WHERE id = 'platform:revenue'"))
+            ).scalar()
     finally:
         await engine.dispose()
-    return {"total": int(total or 0), "negative": int(floored or 0), "gift_transfers": int(gifts or 0),
-            "teacher": int(teacher or 0), "platform": int(platform or 0)}
+    return {
+        "total": int(total or 0),
+        "negative": int(floored or 0),
+        "gift_transfers": int(gifts or 0),
+        "teacher": int(teacher or 0),
+        "platform": int(platform or 0),
+    }
 
 
 async def start_profiler(out: Path | None, pid: int, kind: str, seconds: float) -> asyncio.subprocess.Process | None:
@@ -135,11 +149,24 @@ async def start_profiler(out: Path | None, pid: int, kind: str, seconds: float) 
     if out is None:
         return None
     py_spy = Path(sys.executable).with_name("py-spy")
-    argv = [str(py_spy if py_spy.exists() else "py-spy"), "record", "--pid", str(pid), "--rate", "250",
-            "--duration", str(max(1, round(seconds))), "--format", "raw", "--nonblocking",
-            "--output", str(out / f"{kind}.txt")]
-    return await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.DEVNULL)
+    argv = [
+        str(py_spy if py_spy.exists() else "py-spy"),
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "250",
+        "--duration",
+        str(max(1, round(seconds))),
+        "--format",
+        "raw",
+        "--nonblocking",
+        "--output",
+        str(out / f"{kind}.txt"),
+    ]
+    return await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
 
 
 async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -152,9 +179,16 @@ async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             name, db_url = await create_pg_database()
             stack.push_async_callback(drop_pg_database, name)
         secret, api_secret = secrets.token_urlsafe(48)[:48], secrets.token_urlsafe(24)
-        env = {"LIVE_DATABASE_URL": db_url, "LIVE_SECRET": secret, "LIVE_API_KEY": "bench",
-               "LIVE_API_SECRET": api_secret, "LIVE_DATA_DIR": str(work / "data"), "LIVE_LOG_LEVEL": "WARNING",
-               "LIVE_SPEND_CAP_DAILY": str(10**12), "LIVE_SPEND_CAP_PER_TRANSFER": str(10**9)}
+        env = {
+            "LIVE_DATABASE_URL": db_url,
+            "LIVE_SECRET": secret,
+            "LIVE_API_KEY": "bench",
+            "LIVE_API_SECRET": api_secret,
+            "LIVE_DATA_DIR": str(work / "data"),
+            "LIVE_LOG_LEVEL": "WARNING",
+            "LIVE_SPEND_CAP_DAILY": str(10**12),
+            "LIVE_SPEND_CAP_PER_TRANSFER": str(10**9),
+        }
         ((proc, port),) = start_live_instances(1, env, work)
         stack.callback(proc.stop)
         await wait_ready(f"http://127.0.0.1:{port}/readyz", [proc], 60)
@@ -165,10 +199,12 @@ async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         auth = {"Authorization": "Basic " + base64.b64encode(f"bench:{api_secret}".encode()).decode()}
         coins = int(args.rate * args.duration * 2 / args.students) + 100
         async with aiohttp.ClientSession(headers=auth) as http:
+
             async def fund(i: int) -> None:
                 body = {"coins": coins, "idempotency_key": f"fund-{i}"}
                 async with http.post(f"http://127.0.0.1:{port}/api/wallets/s{i}/credit", json=body) as r:
                     assert r.status == 201, await r.text()
+
             for i in range(0, args.students, 100):
                 await asyncio.gather(*(fund(j) for j in range(i, min(i + 100, args.students))))
         log(f"{kind}: {args.students} students funded with {coins} coins each; connecting")
@@ -178,8 +214,9 @@ async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         for g in range(GENERATORS):
             tokens = [mint(secret, ROOM, f"s{i}", "student", STUDENT) for i in range(g, args.students, GENERATORS)]
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=generator_main, daemon=True,
-                            args=(child, port, tokens, args.rate / GENERATORS, args.duration))
+            p = ctx.Process(
+                target=generator_main, daemon=True, args=(child, port, tokens, args.rate / GENERATORS, args.duration)
+            )
             p.start()
             stack.callback(p.kill)
             gens.append(parent)
@@ -206,13 +243,25 @@ async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         for code, n in r["errors"].items():
             errors[code] = errors.get(code, 0) + n
     paid = accepted * PRICE
-    balanced = (facts["total"] == 0 and facts["negative"] == 0 and facts["gift_transfers"] >= accepted
-                and facts["teacher"] + facts["platform"] == paid and facts["teacher"] >= paid * 7 // 10)
-    return {"gifts_per_s": round(accepted / max(args.duration, elapsed)), "p50_ms": round(percentile(latencies, 50), 1),
-            "p99_ms": round(percentile(latencies, 99), 1), "accepted": accepted, "errors": errors,
-            "balanced": balanced, "ledger": facts, "server_cpu_s": round(cpu, 2),
-            "generator_cpu_s": round(sum(r["cpu_s"] for r in results), 2),
-            "cpu_us_per_gift": round(cpu / max(accepted, 1) * 1e6)}
+    balanced = (
+        facts["total"] == 0
+        and facts["negative"] == 0
+        and facts["gift_transfers"] >= accepted
+        and facts["teacher"] + facts["platform"] == paid
+        and facts["teacher"] >= paid * 7 // 10
+    )
+    return {
+        "gifts_per_s": round(accepted / max(args.duration, elapsed)),
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+        "accepted": accepted,
+        "errors": errors,
+        "balanced": balanced,
+        "ledger": facts,
+        "server_cpu_s": round(cpu, 2),
+        "generator_cpu_s": round(sum(r["cpu_s"] for r in results), 2),
+        "cpu_us_per_gift": round(cpu / max(accepted, 1) * 1e6),
+    }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

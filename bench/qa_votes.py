@@ -188,8 +188,10 @@ async def snapshot_counts(port: int, secret: str, who: str) -> dict[str, int]:
 
 async def exported_counts(port: int, key: str, api_secret: str) -> dict[str, int]:
     auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:{api_secret}".encode()).decode()}
-    async with aiohttp.ClientSession(headers=auth) as http, \
-            http.get(f"http://127.0.0.1:{port}/api/rooms/{ROOM}/questions") as r:
+    async with (
+        aiohttp.ClientSession(headers=auth) as http,
+        http.get(f"http://127.0.0.1:{port}/api/rooms/{ROOM}/questions") as r,
+    ):
         return {row["id"]: row["votes"] for row in (await r.json())["questions"]}
 
 
@@ -202,16 +204,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.push_async_callback(drop_pg_database, name)
         secret, api_secret = secrets.token_urlsafe(48)[:48], secrets.token_urlsafe(24)
         (work / "data").mkdir()
-        env = {"LIVE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0", "LIVE_DATABASE_URL": db_url,
-               "LIVE_SECRET": secret, "LIVE_API_KEY": "bench", "LIVE_API_SECRET": api_secret,
-               "LIVE_DATA_DIR": str(work / "data"), "LIVE_QA_VOTE_FLUSH_MS": str(args.flush_ms),
-               "LIVE_LOG_LEVEL": "WARNING"}
+        env = {
+            "LIVE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "LIVE_DATABASE_URL": db_url,
+            "LIVE_SECRET": secret,
+            "LIVE_API_KEY": "bench",
+            "LIVE_API_SECRET": api_secret,
+            "LIVE_DATA_DIR": str(work / "data"),
+            "LIVE_QA_VOTE_FLUSH_MS": str(args.flush_ms),
+            "LIVE_LOG_LEVEL": "WARNING",
+        }
         instances = start_live_instances(INSTANCES, env, work)
         for proc, _ in instances:
             stack.callback(proc.stop)
         ports = [port for _, port in instances]
-        await asyncio.gather(*(wait_ready(f"http://127.0.0.1:{p}/readyz", [pr for pr, _ in instances], 60)
-                               for p in ports))
+        await asyncio.gather(
+            *(wait_ready(f"http://127.0.0.1:{p}/readyz", [pr for pr, _ in instances], 60) for p in ports)
+        )
 
         teacher = SioClient(None, transport="raw")
         await teacher.connect("127.0.0.1", ports[0], mint(secret, ROOM, "teacher", "teacher", TEACHER))
@@ -285,8 +294,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for r in results:
             for code, n in r["errors"].items():
                 errors[code] = errors.get(code, 0) + n
-        cpu = {name: round(cpu_after.get(pid, 0) - cpu_before.get(pid, 0), 2)
-               for name, pid in zip(["live-0", "live-1", "redis"], pids, strict=True)}
+        cpu = {
+            name: round(cpu_after.get(pid, 0) - cpu_before.get(pid, 0), 2)
+            for name, pid in zip(["live-0", "live-1", "redis"], pids, strict=True)
+        }
         if wrong:
             log(f"counts differ from the votes held {held}: {wrong}")
         return {

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from rooms.engine import EngineUnavailable
+from rooms.engine_redis import DRIVER_INFO
 
 
 class Take(StrEnum):
@@ -159,7 +160,9 @@ class RedisSeatGate(SeatGate):
     at the moment a sale opens."""
 
     def __init__(self, url: str) -> None:
-        self.redis = aioredis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=1.0)
+        self.redis = aioredis.from_url(
+            url, decode_responses=True, socket_timeout=5, socket_connect_timeout=1.0, driver_info=DRIVER_INFO
+        )
         self._queues: dict[str, list[tuple[str, int, asyncio.Future[TakeResult]]]] = {}
         self._senders: dict[str, asyncio.Task[None]] = {}
         self._take = self.redis.register_script(TAKE_LUA)

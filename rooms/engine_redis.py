@@ -20,6 +20,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -41,6 +42,10 @@ log = logging.getLogger(__name__)
 
 #: Connections to Redis per instance (besides the subscriber's).
 MAX_CONNECTIONS = 64
+#: What each new Redis connection tells the server about its client (CLIENT SETINFO), made once: redis-py
+#: otherwise reads its own package metadata for every connection, a millisecond each while a burst of
+#: calls grows the pool.
+DRIVER_INFO = DriverInfo()
 
 #: The one place that numbers a room event: append ``body`` to the room's stream under the next offset
 #: (a new epoch if the stream was lost) and publish it. Other scripts that publish (rooms/qa_store_redis.py)
@@ -180,6 +185,7 @@ class RedisEngine(Engine):
             retry=Retry(NoBackoff(), 1),
             retry_on_error=[RedisConnectionError],
             decode_responses=True,
+            driver_info=DRIVER_INFO,
         )
         self.redis = aioredis.Redis.from_pool(pool)  # closing the client closes the pool
         # The subscriber must never reconnect behind our back: messages published meanwhile would be lost
@@ -191,6 +197,7 @@ class RedisEngine(Engine):
             retry=Retry(NoBackoff(), 0),
             retry_on_error=[],
             decode_responses=True,
+            driver_info=DRIVER_INFO,
         )
         self._publish = self.redis.register_script(PUBLISH_LUA)
         self._history = self.redis.register_script(HISTORY_LUA)

@@ -29,6 +29,9 @@ class PresenceKeeper:
         self.ttl_s = ttl_s
         self.announce_max = announce_max
         self._local: dict[str, dict[str, Identity]] = {}
+        #: (room, user) -> that user's local connections, in the order they came: finding one buyer's
+        #: connections among thousands (an order's event) must not walk the whole room.
+        self._by_user: dict[tuple[str, str], dict[str, None]] = {}
         self._counts: dict[str, int] = {}
 
     def conn_id(self, sid: str) -> str:
@@ -38,8 +41,9 @@ class PresenceKeeper:
         return list(self._local)
 
     def local_sids(self, room_id: str, user_id: str | None = None) -> list[str]:
-        conns = self._local.get(room_id, {})
-        return [sid for sid, who in conns.items() if user_id is None or who.user_id == user_id]
+        if user_id is not None:
+            return list(self._by_user.get((room_id, user_id), ()))
+        return list(self._local.get(room_id, ()))
 
     def local_count(self, room_id: str) -> int:
         return len(self._local.get(room_id, {}))
@@ -47,6 +51,7 @@ class PresenceKeeper:
     async def enter(self, sid: str, who: Identity) -> PresenceChange:
         """Register a connection; ``user_changed`` when the user was not in the room on any instance."""
         self._local.setdefault(who.room_id, {})[sid] = who
+        self._by_user.setdefault((who.room_id, who.user_id), {})[sid] = None
         change = await self.engine.presence_add(who.room_id, self.conn_id(sid), who.member(), self.ttl_s)
         if change.user_changed and change.count <= self.announce_max:
             await self.engine.broadcast(who.room_id, "presence:joined", who.member())
@@ -58,6 +63,11 @@ class PresenceKeeper:
         room = self._local.get(who.room_id, {})
         if room.pop(sid, None) is None:
             return False
+        user_key = (who.room_id, who.user_id)
+        same_user = self._by_user.get(user_key, {})
+        same_user.pop(sid, None)
+        if not same_user:
+            self._by_user.pop(user_key, None)
         if not room:
             self._local.pop(who.room_id, None)
             self._counts.pop(who.room_id, None)

@@ -49,3 +49,27 @@ async def test_joins_and_leaves_are_announced_only_up_to_the_limit() -> None:
     left = [d["user_id"] for e, d in recorder.ephemeral if e == "presence:left"]
     assert left == ["u3", "u4"], "announced once the room is below the limit again"
     assert await keeper.count("big-room") == 1
+
+
+async def test_a_users_local_connections_are_found_per_room_as_tabs_come_and_go() -> None:
+    # An order's event goes to the buyer's own connections: found directly, not by walking the room.
+    engine = MemoryEngine()
+    await engine.start(Recorder())
+    keeper = PresenceKeeper(engine, "instance-1")
+    other_room = Identity("u1", "U1", "other-room", Role.STUDENT, Grants.for_role(Role.STUDENT))
+    await keeper.enter("a", student("u1"))
+    await keeper.enter("b", student("u2"))
+    await keeper.enter("c", student("u1"))  # a second tab
+    await keeper.enter("d", other_room)
+    assert keeper.local_sids("big-room", "u1") == ["a", "c"]
+    assert keeper.local_sids("other-room", "u1") == ["d"]
+    assert keeper.local_sids("big-room") == ["a", "b", "c"]
+    assert keeper.local_sids("big-room", "nobody") == []
+
+    await keeper.leave("a", student("u1"))
+    assert keeper.local_sids("big-room", "u1") == ["c"]
+    await keeper.leave("a", student("u1"))  # twice: nothing changes
+    await keeper.leave("c", student("u1"))
+    assert keeper.local_sids("big-room", "u1") == []
+    assert keeper.local_sids("other-room", "u1") == ["d"]
+    assert keeper._by_user.keys() == {("big-room", "u2"), ("other-room", "u1")}, "no empty entries left behind"

@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from live.media.errors import MediaError, error_reply, reply_data
+from rooms.engine_redis import DRIVER_INFO
 from rooms.errors import RoomError
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class RedisMediaBus(MediaBus):
     def __init__(self, url: str, instance_id: str, prefix: str = "lc") -> None:
         super().__init__(instance_id)
         self.prefix = prefix
-        self.redis = aioredis.from_url(url, socket_connect_timeout=1.0, decode_responses=True)
+        self.redis = aioredis.from_url(url, socket_connect_timeout=1.0, decode_responses=True, driver_info=DRIVER_INFO)
         self._claim = self.redis.register_script(CLAIM_LUA)
         self._release = self.redis.register_script(RELEASE_LUA)
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
