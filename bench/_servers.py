@@ -269,3 +269,15 @@ def start_reference_instances(n: int, redis_url: str, log_dir: Path) -> list[tup
         env = {**os.environ, "PORT": str(port), "REDIS_URL": redis_url, "NODE_ENV": "production"}
         started.append((Proc.start(f"reference-{i}-{port}", [node, "server.js"], log_dir, env, REFERENCE_DIR), port))
     return started
+
+
+async def py_spy(pid: int, output: Path, seconds: float) -> asyncio.subprocess.Process:
+    """``py-spy record`` of process ``pid`` for at most ``seconds`` (SIGINT stops it early, and it still
+    writes), raw collapsed stacks into ``output``: what the benchmarks' ``--profile`` runs. py-spy is not a
+    dependency: ``.venv/bin/pip install py-spy``."""
+    exe = Path(sys.executable).with_name("py-spy")
+    argv = [str(exe if exe.exists() else "py-spy"), "record", "--pid", str(pid), "--rate", "250"]
+    argv += ["--duration", str(max(1, round(seconds))), "--format", "raw", "--nonblocking", "--output", str(output)]
+    return await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )

@@ -61,6 +61,7 @@ from _servers import (
     drop_pg_database,
     log,
     machine_busy,
+    py_spy,
     start_live_instances,
     start_redis,
     tree_cpu_seconds,
@@ -322,34 +323,8 @@ def postgres_pids() -> list[int]:
 
 
 async def start_profilers(out: Path | None, procs: list[Any], seconds: float) -> list[asyncio.subprocess.Process]:
-    """``py-spy record`` of each instance for at most ``seconds`` (stopped once every attempt is answered),
-    raw collapsed stacks into ``out`` (``--profile``; py-spy must be installed, e.g. .venv/bin/pip install py-spy)."""
-    if out is None:
-        return []
-    py_spy = Path(sys.executable).with_name("py-spy")
-    spies = []
-    for proc in procs:
-        argv = [
-            str(py_spy if py_spy.exists() else "py-spy"),
-            "record",
-            "--pid",
-            str(proc.pid),
-            "--rate",
-            "250",
-            "--duration",
-            str(max(1, round(seconds))),
-            "--format",
-            "raw",
-            "--nonblocking",
-            "--output",
-            str(out / f"{proc.name}.txt"),
-        ]
-        spies.append(
-            await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-            )
-        )
-    return spies
+    """py-spy each instance for at most ``seconds`` (stopped once every attempt is answered) into ``out``."""
+    return [await py_spy(proc.pid, out / f"{proc.name}.txt", seconds) for proc in procs] if out is not None else []
 
 
 def server_errors(text: str) -> dict[str, int]:

@@ -30,7 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp
 from _common import STUDENT, TEACHER, mint, percentile
-from _servers import create_pg_database, drop_pg_database, log, start_live_instances, tree_cpu_seconds, wait_ready
+from _servers import (
+    create_pg_database,
+    drop_pg_database,
+    log,
+    py_spy,
+    start_live_instances,
+    tree_cpu_seconds,
+    wait_ready,
+)
 from _sio import SioClient
 
 from live.config import normalize_database_url
@@ -144,29 +152,8 @@ async def ledger_facts(db_url: str) -> dict[str, int]:
 
 
 async def start_profiler(out: Path | None, pid: int, kind: str, seconds: float) -> asyncio.subprocess.Process | None:
-    """``py-spy record`` of the instance while it takes gifts (``--profile``; needs py-spy, e.g.
-    ``.venv/bin/pip install py-spy``): collapsed stacks in ``out/KIND.txt``."""
-    if out is None:
-        return None
-    py_spy = Path(sys.executable).with_name("py-spy")
-    argv = [
-        str(py_spy if py_spy.exists() else "py-spy"),
-        "record",
-        "--pid",
-        str(pid),
-        "--rate",
-        "250",
-        "--duration",
-        str(max(1, round(seconds))),
-        "--format",
-        "raw",
-        "--nonblocking",
-        "--output",
-        str(out / f"{kind}.txt"),
-    ]
-    return await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-    )
+    """py-spy the instance while it takes gifts (``--profile``): collapsed stacks in ``out/KIND.txt``."""
+    return await py_spy(pid, out / f"{kind}.txt", seconds) if out is not None else None
 
 
 async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -14,7 +14,8 @@ With ``--workers N`` the server runs N media worker processes (``LIVE_MEDIA_WORK
 over them, the server's CPU time counts the workers too, and each step reports the viewers per worker and
 the cores used by each process (the server first, then its workers).
 
-Usage: python bench/media_fanout.py [--quick] [--workers N]. The last line printed is one JSON object.
+Usage: python bench/media_fanout.py [--quick] [--workers N] [--profile DIR]. The last line printed is one JSON
+object. ``--profile`` runs py-spy on the server (and its workers) during each step's measurement.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import STUDENT, TEACHER, mint
 from bench._media_peers import CountingViewer, clip_publisher, encode_clip, http_offer
-from bench._servers import free_port, log, machine_busy, start_live_instances, tree_cpu_seconds, wait_ready
+from bench._servers import free_port, log, machine_busy, py_spy, start_live_instances, tree_cpu_seconds, wait_ready
 
 ROOM = "media-bench"
 FPS = 30
@@ -342,7 +343,12 @@ async def ramp_sfu(args: argparse.Namespace, work: Path, clip: Path) -> dict[str
                 busy0, total0 = machine_busy()
                 got0 = sum(w.last.get("received", 0) for w in vs)
                 t0 = time.monotonic()
+                spies = []
+                if args.profile is not None:  # every step, each into its own file (the last one kept is the peak)
+                    spies = [await py_spy(pid, args.profile / f"{viewers}-{pid}.txt", args.hold) for pid in members]
                 await asyncio.sleep(args.hold)
+                for spy in spies:
+                    await spy.wait()
                 after = await media_stats(http, url, auth, window_s=args.hold)
                 cpu1 = tree_cpu_seconds([server.pid])[server.pid]
                 _user1, system1 = user_system_seconds(server.pid)
@@ -485,6 +491,7 @@ def main() -> None:
     p.add_argument("--relay-max", type=int, default=8)
     p.add_argument("--workers", type=int, default=0, help="media worker processes in the server (0: none)")
     p.add_argument("--work", help="keep the server's log and data here instead of a temporary directory")
+    p.add_argument("--profile", type=Path, help="py-spy the server (and workers) at each step, into this directory")
     args = p.parse_args()
     roles = {"publisher": role_publisher, "viewers": role_viewers, "relay": role_relay}
     if args.role in roles:
@@ -492,6 +499,8 @@ def main() -> None:
             asyncio.run(roles[args.role](args))
         return
     args.clip_frames = 150
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if args.quick:
         args.step, args.max_viewers, args.hold, args.relay_max, args.clip_frames = 50, 200, 2.5, 3, 60
     print(json.dumps(asyncio.run(run(args))), flush=True)

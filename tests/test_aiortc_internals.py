@@ -10,6 +10,7 @@ import re
 import socket
 import struct
 import tomllib
+from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from pylibsrtp import Policy, Session
 
-from live.media.internals import SO_TIMESTAMPNS, SrtpWriter
+from live.media.internals import SO_TIMESTAMPNS, SrtpWriter, sender_cname
 from live.media.room import MediaRoom
 from tests.media_support import DecodingPeer, SyntheticPublisher, wait_for
 
@@ -40,9 +41,11 @@ def test_private_members_still_have_the_shapes_we_use() -> None:
     assert "unwrap_rtx" in source.split("self.__jitter_buffer.add(packet)")[0], "RTX is unwrapped before the tap"
     assert list(inspect.signature(RTCRtpReceiver._send_rtcp_pli).parameters) == ["self", "media_ssrc"]
     assert list(inspect.signature(RTCRtpSender._handle_rtcp_packet).parameters) == ["self", "packet"]
-    run_rtcp = inspect.getsource(RTCRtpSender._run_rtcp)
-    for name in ("__ntp_timestamp", "__rtp_timestamp", "__packet_count", "__octet_count"):
-        assert f"self.{name}" in run_rtcp, f"sender reports are built from {name}"
+    start = inspect.getsource(RTCRtpSender.send)
+    assert "asyncio.ensure_future(self._run_rtcp())" in start, "the RTCP task we take over is started by send()"
+    stop = inspect.getsource(RTCRtpSender.stop)
+    assert "self.__rtcp_started.wait()" in stop and "self.__rtcp_exited.wait()" in stop, "stop() waits on both"
+    assert "self.__cname" in inspect.getsource(RTCRtpSender._run_rtcp), "the CNAME of sender reports"
     assert "self._tx_srtp" in inspect.getsource(RTCDtlsTransport._send_rtp)
     assert "self._rtp_router.route_rtcp(packet)" in inspect.getsource(RTCDtlsTransport._handle_rtcp_data)
     assert "recipient._handle_rtcp_packet(packet)" in inspect.getsource(RTCDtlsTransport._handle_rtcp_data)
@@ -75,7 +78,7 @@ def test_in_place_protection_matches_the_library() -> None:
 
 async def test_forwarding_taps_receivers_and_sends_through_the_viewers_own_session() -> None:
     """One publisher, one viewer, both aiortc: the tap gets packets, the viewer's sink is resolved on
-    a connected socket, kernel timestamps are on, and aiortc's sender reports carry our figures."""
+    a connected socket, kernel timestamps are on, and the sender reports the viewer gets are ours."""
     delays: list[tuple[float, float, float]] = []
     room = MediaRoom("internals", republish_grace_s=5, observe_delay=lambda *d: delays.append(d))
     publisher = SyntheticPublisher()
@@ -106,14 +109,43 @@ async def test_forwarding_taps_receivers_and_sends_through_the_viewers_own_sessi
         nominated = slot.transceiver.sender.transport.transport._connection._nominated[1]
         assert nominated.protocol.transport._sock.getpeername()[:2] == tuple(nominated.remote_addr)
 
-        room.refresh_sender_reports()
-        sender = slot.transceiver.sender
-        assert sender._RTCRtpSender__packet_count == slot.sink.packets  # type: ignore[attr-defined, union-attr]
-        assert sender._RTCRtpSender__rtp_timestamp == slot.sink.last_timestamp  # type: ignore[attr-defined, union-attr]
+        # aiortc's own task would have sent a sender report every 0.5-1.5 s by now: it is quiet, we send them.
+        await asyncio.sleep(1.6)
+        assert await remote_outbound(viewer) == {}, "no sender report but ours"
+        room.send_sender_reports()
+
+        async def both_reported() -> bool:
+            return len(await remote_outbound(viewer)) == 2
+
+        await wait_for_async(both_reported, 5, "the sender reports of both streams")
+        reported = await remote_outbound(viewer)
+        counts = {s.source.info.kind: s.sink.packets for s in room.viewers["v1"].slots}  # type: ignore[union-attr]
+        assert set(reported) == {"audio", "video"}
+        for kind, packets_sent in reported.items():
+            assert 0 < packets_sent <= counts[kind], "the figures of what we sent"
+        assert sender_cname(slot.transceiver.sender), "with the CNAME"
     finally:
         await viewer.close()
         await publisher.close()
         await room.close()
+
+
+async def remote_outbound(peer: DecodingPeer) -> dict[str, int]:
+    """Packets sent, per kind, as the last sender report that reached ``peer`` said."""
+    reported: dict[str, int] = {}
+    for transceiver in peer.pc.getTransceivers():
+        for stats in (await transceiver.receiver.getStats()).values():
+            if stats.type == "remote-outbound-rtp":
+                reported[stats.kind] = stats.packetsSent
+    return reported
+
+
+async def wait_for_async(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 def test_a_fresh_peer_connection_has_the_attributes_we_read() -> None:

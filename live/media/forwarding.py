@@ -21,11 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import pylibsrtp
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from live.media.internals import Egress
-from live.media.rtp import keyframe_detector, mid_extension_block
+from live.media.rtp import keyframe_detector, mid_extension_block, ntp_time, sender_report
 
 NACK_HISTORY = 512  # packets per video sink: about 3 s of 1.2 Mbps video
 KEYFRAME_REQUEST_INTERVAL_S = 0.5
@@ -161,6 +162,16 @@ class TrackSink:
         self.packets += 1
         self.octets += len(payload)
 
+    def send_sender_report(self, sent_at: float, cname: str | None) -> None:
+        """An RTCP sender report for this stream (with the CNAME): ``sent_at`` is when the last packet was
+        sent (``time.time()``), so its NTP time and RTP timestamp name the same instant, by which a viewer
+        aligns audio and video."""
+        report = sender_report(self._ssrc, ntp_time(sent_at), self._last_ts, self.packets, self.octets, cname)
+        try:
+            self._send(self._srtp.protect_rtcp(report))
+        except (OSError, pylibsrtp.Error):  # as for media: the report is lost, the next one follows
+            pass
+
     def retransmit(self, sequence_numbers: list[int]) -> int:
         """Send again the packets a viewer reported lost, if still in history; returns how many."""
         history = self._history
@@ -200,6 +211,8 @@ class TrackSource:
             keyframe_detector(codec.name) if info.kind == "video" else None
         )
         self._request_keyframe: Callable[[int], None] | None = None
+        #: When the last packet was forwarded (``time.time()``): the instant of sinks' sender reports.
+        self.last_forward = 0.0
         self._last_keyframe_request = 0.0
         self.keyframe_interval_s = KEYFRAME_REQUEST_INTERVAL_S
         self._deferred: asyncio.TimerHandle | None = None
@@ -294,6 +307,7 @@ class TrackSource:
                 sink.rebase(seq, ts)
             sink.send(seq, ts, marker, payload)
             sent += 1
+        self.last_forward = start
         stats = self.stats
         stats.packets_in += 1
         stats.packets_out += sent

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import socket
 import struct
 import time
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 
 from aiortc import RTCPeerConnection, RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import AnyRtcpPacket, RtpPacket
+from aiortc.rtp import AnyRtcpPacket, RtcpByePacket, RtpPacket
 from pylibsrtp import SRTP_MAX_TRAILER_LEN
 
 
@@ -152,6 +153,11 @@ class SrtpWriter:
         self._length = _binding.ffi.new("int *")
         self.capacity = len(self.buffer) - SRTP_MAX_TRAILER_LEN
 
+    def protect_rtcp(self, packet: bytes) -> bytes:
+        """``packet`` (RTCP) protected with the same session."""
+        protected: bytes = self._session.protect_rtcp(packet)
+        return protected
+
     def protect(self, length: int) -> bytes | None:
         """The SRTP packet made of the first ``length`` bytes of ``buffer``; None if libsrtp refused it."""
         self._length[0] = length
@@ -249,13 +255,31 @@ def intercept_rtcp(sender: RTCRtpSender, handler: RtcpHandler) -> None:
     state._handle_rtcp_packet = handler
 
 
-def set_sender_report(sender: RTCRtpSender, *, ntp: int, rtp_timestamp: int, packets: int, octets: int) -> None:
-    """Set the figures of the sender's next RTCP sender report (used by viewers for lip sync)."""
+def take_over_sender_reports(sender: RTCRtpSender) -> None:
+    """Keep aiortc's RTCP task of ``sender`` (started by ``send()``) from sending sender reports: we send
+    them, for every viewer from one timer, through the same path as the media (``TrackSink``). aiortc's
+    task costs a coroutine wake-up and its whole send path per report, and it would report aiortc's own
+    counts, which are zero for a sender whose packets we send. Ours only waits, and says BYE when the
+    sender stops, as aiortc's does. Call before the transceiver is negotiated."""
+    if not callable(getattr(sender, "_run_rtcp", None)) or not hasattr(sender, "_RTCRtpSender__rtcp_exited"):
+        raise RuntimeError("aiortc internals changed: RTCRtpSender has no _run_rtcp task to take over")
     state: Any = sender
-    state._RTCRtpSender__ntp_timestamp = ntp
-    state._RTCRtpSender__rtp_timestamp = rtp_timestamp
-    state._RTCRtpSender__packet_count = packets
-    state._RTCRtpSender__octet_count = octets
+
+    async def run_rtcp() -> None:
+        state._RTCRtpSender__rtcp_started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.get_running_loop().create_future()  # until stop() cancels it
+        with contextlib.suppress(Exception):
+            await sender._send_rtcp([RtcpByePacket(sources=[sender._ssrc])])
+        state._RTCRtpSender__rtcp_exited.set()
+
+    state._run_rtcp = run_rtcp  # an instance attribute shadows the method
+
+
+def sender_cname(sender: RTCRtpSender) -> str | None:
+    """The CNAME the peer connection gave ``sender`` (its sender reports carry it)."""
+    cname: str | None = getattr(sender, "_RTCRtpSender__cname", None)
+    return cname
 
 
 class SilentTrack(MediaStreamTrack):

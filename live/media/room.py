@@ -7,13 +7,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiortc import clock
-
 from live.media.errors import MediaError
 from live.media.forwarding import Outlet, TrackInfo, TrackSource
 from live.media.internals import tap_receiver
 from live.media.publisher import PublishedTrack, Publisher
-from live.media.viewer import LostHandler, OfferSender, Viewer, ViewerPeer
+from live.media.viewer import LostHandler, OfferSender, Viewer, ViewerPeer, spread_sender_reports
 
 log = logging.getLogger(__name__)
 
@@ -221,10 +219,9 @@ class MediaRoom:
             if isinstance(result, Exception):
                 log.warning("media: could not update viewer %s: %r", viewer.viewer_id, result)
 
-    def refresh_sender_reports(self) -> None:
-        ntp_now = clock.current_ntp_time()
-        for viewer in self.viewers.values():
-            viewer.refresh_sender_reports(ntp_now)
+    def send_sender_reports(self) -> None:
+        """Every viewer's RTCP sender reports, spread over the next second (call once a second)."""
+        spread_sender_reports(list(self.viewers), self.viewers.get)
 
     def idle(self) -> bool:
         """Nothing published, nobody watching, nobody on stage, no publisher expected back."""

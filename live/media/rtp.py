@@ -1,4 +1,5 @@
-"""RTP details the forwarder needs: where a keyframe starts, and a viewer's header extension block."""
+"""RTP details the forwarder needs: where a keyframe starts, a viewer's header extension block, and the
+RTCP sender report that goes with a stream."""
 
 from __future__ import annotations
 
@@ -80,3 +81,36 @@ def mid_extension_block(extension_id: int | None, mid: str | None) -> bytes:
     elements = bytes([(extension_id << 4) | (len(value) - 1)]) + value
     elements += b"\x00" * (-len(elements) % 4)
     return struct.pack("!HH", ONE_BYTE_PROFILE, len(elements) // 4) + elements
+
+
+#: Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+NTP_UNIX_OFFSET_S = 2_208_988_800
+
+
+def ntp_time(unix_seconds: float) -> int:
+    """A ``time.time()`` instant as a 64-bit NTP timestamp (RFC 3550 section 4)."""
+    whole = int(unix_seconds)
+    return (whole + NTP_UNIX_OFFSET_S) << 32 | int((unix_seconds - whole) * (1 << 32)) & 0xFFFFFFFF
+
+
+def sender_report(ssrc: int, ntp: int, rtp_timestamp: int, packets: int, octets: int, cname: str | None) -> bytes:
+    """A compound RTCP packet: a sender report with no report blocks (RFC 3550 6.4.1) and, with ``cname``,
+    an SDES CNAME chunk (6.5), which is how a receiver pairs this stream with the publisher's others."""
+    report = struct.pack(
+        "!BBHIIIIII",
+        0x80,  # V=2, no padding, no report blocks
+        200,  # SR
+        6,  # length in 32-bit words, minus one
+        ssrc,
+        ntp >> 32,
+        ntp & 0xFFFFFFFF,
+        rtp_timestamp & 0xFFFFFFFF,
+        packets & 0xFFFFFFFF,
+        octets & 0xFFFFFFFF,
+    )
+    if not cname:
+        return report
+    text = cname.encode()[:255]
+    chunk = struct.pack("!IBB", ssrc, 1, len(text)) + text + b"\x00"  # CNAME item, then the end of the list
+    chunk += b"\x00" * (-len(chunk) % 4)
+    return report + struct.pack("!BBH", 0x81, 202, len(chunk) // 4) + chunk  # one chunk, SDES

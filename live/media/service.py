@@ -235,7 +235,7 @@ class MediaService:
             await asyncio.sleep(1.0)
             try:
                 for room_id, room in list(self.rooms.items()):
-                    room.refresh_sender_reports()
+                    room.send_sender_reports()
                     if room.idle():
                         del self.rooms[room_id]
                         self._retire(room)

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpCodecCapability, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, AnyRtcpPacket, RtcpPsfbPacket, RtcpRtpfbPacket
@@ -25,7 +25,8 @@ from live.media.internals import (
     egress_of,
     intercept_rtcp,
     negotiated_codecs,
-    set_sender_report,
+    sender_cname,
+    take_over_sender_reports,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Slot:
     source: TrackSource | None = None
     sink: TrackSink | None = None
     retransmitted: int = 0
+    cname: str | None = None
     track: Any = field(default=None, repr=False)
 
     @property
@@ -81,8 +83,8 @@ class ViewerPeer(Protocol):
     async def answer_offer(self, offer_sdp: str, sources: dict[str, TrackSource]) -> str:
         """Answer the viewer's own offer (WHEP) with ``sources``."""
 
-    def refresh_sender_reports(self, ntp_now: int) -> None:
-        """Give each sender's next RTCP sender report the figures of what was sent."""
+    def send_sender_reports(self) -> None:
+        """Send each stream's RTCP sender report (about once a second)."""
 
     async def close(self) -> None:
         """Close the peer connection; idempotent."""
@@ -159,6 +161,7 @@ class Viewer:
         transceiver = self.pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences([capability_of(source)])
         intercept_rtcp(transceiver.sender, self._rtcp_handler_for(transceiver))
+        take_over_sender_reports(transceiver.sender)
         slot = Slot(transceiver, source.info.kind, source.mime_type, track=track)
         self.slots.append(slot)
         return slot
@@ -180,6 +183,7 @@ class Viewer:
         except ConnectionError:
             return
         slot.sink = TrackSink(egress, video=slot.kind == "video", clock_rate=slot.source.clock_rate)
+        slot.cname = sender_cname(slot.transceiver.sender)
         slot.source.add_sink(slot.sink)
 
     def _activate_all(self) -> None:
@@ -249,17 +253,12 @@ class Viewer:
 
         return handle
 
-    def refresh_sender_reports(self, ntp_now: int) -> None:
-        """Give each sender's next RTCP sender report the figures of what we actually sent."""
+    def send_sender_reports(self) -> None:
+        """Send each forwarding slot's RTCP sender report: the figures of what we actually sent."""
         for slot in self.slots:
-            if slot.sink is not None and slot.sink.packets:
-                set_sender_report(
-                    slot.transceiver.sender,
-                    ntp=ntp_now,
-                    rtp_timestamp=slot.sink.last_timestamp,
-                    packets=slot.sink.packets & 0xFFFFFFFF,
-                    octets=slot.sink.octets & 0xFFFFFFFF,
-                )
+            sink, source = slot.sink, slot.source
+            if sink is not None and source is not None and sink.packets and not sink.resync:
+                sink.send_sender_report(source.last_forward, slot.cname)
 
     # lifecycle
     async def _state_changed(self) -> None:
@@ -283,3 +282,24 @@ class Viewer:
                 slot.track.stop()
         self.slots.clear()
         await asyncio.sleep(0)
+
+
+#: Sender reports go out over each second in this many slices of the viewers, not in one burst (which
+#: would hold up the packets being forwarded meanwhile).
+REPORT_SLICES = 10
+K = TypeVar("K")
+
+
+def spread_sender_reports(viewer_ids: list[K], lookup: Callable[[K], ViewerPeer | None]) -> None:
+    """Send the sender reports of these viewers over the next second, a slice at a time (by id: a viewer
+    that leaves meanwhile is skipped, and not kept alive)."""
+    loop = asyncio.get_running_loop()
+    for i in range(min(REPORT_SLICES, len(viewer_ids))):
+        loop.call_later(i / REPORT_SLICES, _send_reports, viewer_ids[i::REPORT_SLICES], lookup)
+
+
+def _send_reports(viewer_ids: list[K], lookup: Callable[[K], ViewerPeer | None]) -> None:
+    for viewer_id in viewer_ids:
+        viewer = lookup(viewer_id)
+        if viewer is not None and not viewer.closed:
+            viewer.send_sender_reports()

@@ -21,13 +21,13 @@ import time
 from array import array
 from typing import Any
 
-from aiortc import RTCPeerConnection, clock
+from aiortc import RTCPeerConnection
 
 from live.logs import configure_logging
 from live.media.errors import MediaError
 from live.media.forwarding import TrackSource
 from live.media.ipc import KIND_PACKET, KIND_RESTART, MAX_DATAGRAM, MAX_LAG_S, PACKET, RESTART, Channel
-from live.media.viewer import Viewer
+from live.media.viewer import Viewer, spread_sender_reports
 
 log = logging.getLogger(__name__)
 
@@ -218,15 +218,14 @@ class MediaWorker:
                 now = time.monotonic()
                 if now - last_reports >= 1.0:
                     last_reports = now
-                    self._refresh_sender_reports()  # not inline: a loop variable here would keep a viewer alive
+                    spread_sender_reports(list(self.viewers), self._viewer)
                 self._send_figures()
             except Exception:
                 log.exception("media worker housekeeping failed")
 
-    def _refresh_sender_reports(self) -> None:
-        ntp_now = clock.current_ntp_time()
-        for _, viewer in self.viewers.values():
-            viewer.refresh_sender_reports(ntp_now)
+    def _viewer(self, ref: int) -> Viewer | None:
+        entry = self.viewers.get(ref)
+        return entry[1] if entry is not None else None
 
     def _send_figures(self) -> None:
         delays, self._delays = self._delays, array("d")

@@ -116,8 +116,8 @@ class RemoteViewer:
         """Apply the client's answer to the worker's last offer."""
         await self.worker.channel.request("answer", ref=self.ref, sdp=answer_sdp)
 
-    def refresh_sender_reports(self, ntp_now: int) -> None:
-        """The worker refreshes its viewers' sender reports itself."""
+    def send_sender_reports(self) -> None:
+        """The worker sends its viewers' sender reports itself."""
 
     async def close(self) -> None:
         """Close the viewer in its worker (nothing to do if the worker is gone)."""
