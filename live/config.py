@@ -157,6 +157,11 @@ def normalize_database_url(url: str) -> str:
         raise ConfigError("LIVE_DATABASE_URL must look like sqlite:///path or postgresql://user@host/db")
     base = scheme.split("+", 1)[0]
     if base == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        if not path or path == ":memory:" or "mode=memory" in path:
+            # Each connection to an in-memory database has its own; the server opens several (the ledger
+            # writes on its own thread's), so they would not see each other's data.
+            raise ConfigError("LIVE_DATABASE_URL: SQLite must be a file (sqlite:///path), not in memory")
         return f"sqlite+aiosqlite://{rest}"
     if base in ("postgresql", "postgres"):
         return f"postgresql+asyncpg://{rest}"

@@ -159,6 +159,8 @@ async def test_readyz_reports_a_database_outage(pg_url: str, start_app: AppFacto
         ("LIVE_PORT", "70000"),
         ("LIVE_REDIS_URL", "http://127.0.0.1:6379"),
         ("LIVE_DATABASE_URL", "mysql://db/live"),
+        ("LIVE_DATABASE_URL", "sqlite:///:memory:"),
+        ("LIVE_DATABASE_URL", "sqlite://"),
         ("LIVE_ALLOWED_ORIGINS", "school.example"),
         ("LIVE_PUBLIC_URL", "ftp://class.example"),
         ("LIVE_SECRET", "too-short"),
