@@ -45,6 +45,9 @@ def _add_spent(dialect: Any) -> Insert:
 
 
 _ADD_SPENT_SQLITE = _add_spent(sqlite)
+_ADD_TO_BALANCE = text(  # SQLite's; PostgreSQL's is one statement for the whole batch
+    "UPDATE ledger_accounts SET balance = balance + :d WHERE id = :id AND (may_go_negative OR balance + :d >= 0)"
+)
 _ADD_SPENT_PG = _add_spent(postgresql)
 
 
@@ -314,15 +317,10 @@ class BatchWrites:
                     "ds": [str(c[1]) for c in changed],
                 },
             )
+            updated = result.rowcount
         else:
-            result = await conn.execute(
-                text(
-                    "UPDATE ledger_accounts SET balance = balance + :d "
-                    "WHERE id = :id AND (may_go_negative OR balance + :d >= 0)"
-                ),
-                [{"id": account_id, "d": delta} for account_id, delta in changed],
-            )
-        if result.rowcount != len(changed):
+            updated = await execute_many(conn, _ADD_TO_BALANCE, [{"id": a, "d": delta} for a, delta in changed])
+        if updated != len(changed):
             # The guard refused an update that the checks under lock allowed: never commit that.
             raise IntegrityError("guarded balance update refused", None, Exception(str(changed)))
 

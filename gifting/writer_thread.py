@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.dml import UpdateBase
+from sqlalchemy.sql.elements import TextClause
 
 from rooms.tables import engine_like, sqlite_sync_engine
 
@@ -49,23 +50,22 @@ class InlineConnection:
     async def exec_driver_sql(self, statement: str, parameters: Any = None) -> CursorResult[*tuple[Any, ...]]:
         return self._conn.exec_driver_sql(statement, parameters)
 
-    def execute_many(self, statement: UpdateBase, rows: list[dict[str, Any]]) -> None:
+    def execute_many(self, statement: UpdateBase | TextClause, rows: list[dict[str, Any]]) -> int:
         """``statement`` once per row, straight through the driver's ``executemany`` where the statement
         needs nothing of SQLAlchemy per row (no Python-side defaults, no type conversions)."""
         form = _direct_form(statement, tuple(rows[0]), self.dialect)
         if form is None:
-            self._conn.execute(statement, rows)
-            return
+            return int(self._conn.execute(statement, rows).rowcount)
         sql, values_of = form
         try:
             params = [values_of(row) for row in rows]
         except KeyError:  # rows with other keys than the first: SQLAlchemy says what is wrong
-            self._conn.execute(statement, rows)
-            return
+            return int(self._conn.execute(statement, rows).rowcount)
         dbapi_error = self.dialect.loaded_dbapi.Error
         cursor = self._conn.connection.cursor()
         try:
             cursor.executemany(sql, params)
+            return int(cursor.rowcount)
         except dbapi_error as exc:  # as SQLAlchemy raises it: IntegrityError, OperationalError...
             raise DBAPIError.instance(sql, params, exc, dbapi_error, dialect=self.dialect) from exc
         finally:
@@ -76,23 +76,22 @@ class InlineConnection:
 WriteConnection = AsyncConnection | InlineConnection
 
 _DirectForm = tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]
-_direct_forms: dict[tuple[int, tuple[str, ...], str], tuple[UpdateBase, _DirectForm | None]] = {}
+_direct_forms: dict[tuple[int, tuple[str, ...], str], tuple[UpdateBase | TextClause, _DirectForm | None]] = {}
 
 
-async def execute_many(conn: WriteConnection, statement: UpdateBase, rows: list[dict[str, Any]]) -> None:
+async def execute_many(conn: WriteConnection, statement: UpdateBase | TextClause, rows: list[dict[str, Any]]) -> int:
     """``statement`` once per row of ``rows`` (dicts with the same keys); nothing when there are none.
     Give a statement built once (a module constant): on SQLite's inline connection its SQL is then compiled
     once, and the rows go to the driver as tuples. SQLAlchemy's processing of each row's parameters was an
-    eighth of a gift batch's time."""
+    eighth of a gift batch's time. Returns the rows the statement changed in all."""
     if not rows:
-        return
+        return 0
     if isinstance(conn, InlineConnection):
-        conn.execute_many(statement, rows)
-    else:
-        await conn.execute(statement, rows)
+        return conn.execute_many(statement, rows)
+    return int((await conn.execute(statement, rows)).rowcount)
 
 
-def _direct_form(statement: UpdateBase, keys: tuple[str, ...], dialect: Dialect) -> _DirectForm | None:
+def _direct_form(statement: UpdateBase | TextClause, keys: tuple[str, ...], dialect: Dialect) -> _DirectForm | None:
     """The driver's SQL for ``statement`` with parameters ``keys``, and how to take a row's values in its
     order; None where SQLAlchemy must prepare each row itself."""
     cache_key = (id(statement), keys, dialect.name)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, TypeDecorator, insert, select
+from sqlalchemy import Column, Integer, MetaData, String, Table, TypeDecorator, insert, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -45,6 +45,7 @@ stamped = Table(
 INSERT_ITEM = insert(items)
 INSERT_STAMPED = insert(stamped)
 ADD_N = sqlite.insert(items).on_conflict_do_update(index_elements=["id"], set_={"n": items.c.n + 1})
+ADD_IF_POSITIVE = text("UPDATE items SET n = n + :d WHERE id = :id AND n + :d > 0")  # a parameter used twice
 
 
 @pytest.fixture
@@ -63,6 +64,10 @@ async def test_rows_defaults_conversions_and_upserts_are_written(db) -> None:  #
         await execute_many(conn, INSERT_ITEM, [{"id": "a", "n": 1}, {"id": "b", "n": 2}])
         await execute_many(conn, INSERT_ITEM, [])
         await execute_many(conn, ADD_N, [{"id": "a", "n": 0}, {"id": "c", "n": 7}])
+        changed = await execute_many(
+            conn, ADD_IF_POSITIVE, [{"id": "b", "d": 5}, {"id": "c", "d": -7}, {"id": "x", "d": 1}]
+        )
+        assert changed == 1, "the rows changed in all: b; c would reach 0, x does not exist"
         await execute_many(conn, INSERT_STAMPED, [{"id": "s1", "name": "Ana"}])
         await execute_many(conn, INSERT_STAMPED, [{"id": "s2", "name": "BO", "kind": "x"}])
 
@@ -71,7 +76,7 @@ async def test_rows_defaults_conversions_and_upserts_are_written(db) -> None:  #
         async with db.connect() as conn:
             assert (await conn.execute(select(items.c.id, items.c.n).order_by(items.c.id))).all() == [
                 ("a", 2),
-                ("b", 2),
+                ("b", 7),
                 ("c", 7),
             ]
             got = (await conn.execute(select(stamped).order_by(stamped.c.id))).all()
