@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import base64
 import getpass
 import os
 import secrets
@@ -281,3 +282,27 @@ async def py_spy(pid: int, output: Path, seconds: float) -> asyncio.subprocess.P
     return await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
+
+
+def server_env(
+    db_url: str, data_dir: Path, redis_url: str | None = None, **extra: str
+) -> tuple[dict[str, str], str, str]:
+    """The environment of a benchmark's instances (fresh secrets, quiet logs, ``extra`` settings on top),
+    with its token secret and admin API secret (the admin API key is ``bench``)."""
+    secret, api_secret = secrets.token_urlsafe(48)[:48], secrets.token_urlsafe(24)
+    env = {
+        "LIVE_DATABASE_URL": db_url,
+        "LIVE_SECRET": secret,
+        "LIVE_API_KEY": "bench",
+        "LIVE_API_SECRET": api_secret,
+        "LIVE_DATA_DIR": str(data_dir),
+        "LIVE_LOG_LEVEL": "WARNING",
+        **({"LIVE_REDIS_URL": redis_url} if redis_url else {}),
+        **extra,
+    }
+    return env, secret, api_secret
+
+
+def admin_auth(api_secret: str, key: str = "bench") -> str:
+    """The ``Authorization`` header value for the admin API (HTTP Basic)."""
+    return "Basic " + base64.b64encode(f"{key}:{api_secret}".encode()).decode()

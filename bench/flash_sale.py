@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import gc
 import json
 import multiprocessing as mp
@@ -57,11 +56,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aiohttp
 from _common import STUDENT, TEACHER, mint, percentile
 from _servers import (
+    admin_auth,
     create_pg_database,
     drop_pg_database,
     log,
     machine_busy,
     py_spy,
+    server_env,
     start_live_instances,
     start_redis,
     tree_cpu_seconds,
@@ -380,21 +381,16 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         stack.callback(redis.stop)
         db_name, db_url = await create_pg_database()
         stack.push_async_callback(drop_pg_database, db_name)
-        secret, api_secret = secrets.token_urlsafe(48)[:48], secrets.token_urlsafe(24)
         (work / "data").mkdir()
-        env = {
-            "LIVE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "LIVE_DATABASE_URL": db_url,
-            "LIVE_SECRET": secret,
-            "LIVE_API_KEY": "bench",
-            "LIVE_API_SECRET": api_secret,
-            "LIVE_DATA_DIR": str(work / "data"),
-            "LIVE_LOG_LEVEL": "WARNING",
+        env, secret, api_secret = server_env(
+            db_url,
+            work / "data",
+            redis_url=f"redis://127.0.0.1:{redis_port}/0",
             # Set here: two instances creating these in the shared data directory at once can race
             # (live/config.py _local_secret: FileExistsError).
-            "LIVE_SANDBOX_SECRET": secrets.token_urlsafe(32),
-            "LIVE_HOST_WEBHOOK_SECRET": secrets.token_urlsafe(32),
-        }
+            LIVE_SANDBOX_SECRET=secrets.token_urlsafe(32),
+            LIVE_HOST_WEBHOOK_SECRET=secrets.token_urlsafe(32),
+        )
         instances = start_live_instances(INSTANCES, env, work)
         for proc, _ in instances:
             stack.callback(proc.stop)
@@ -412,7 +408,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         assert (await assistant.call("join", {}))["ok"]
         stack.push_async_callback(teacher.close)
         stack.push_async_callback(assistant.close)
-        auth = {"Authorization": "Basic " + base64.b64encode(f"bench:{api_secret}".encode()).decode()}
+        auth = {"Authorization": admin_auth(api_secret)}
         http = await stack.enter_async_context(aiohttp.ClientSession(headers=auth))
         admin = Admin(http, ports)
         course = {

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import multiprocessing as mp
-import secrets
 import sys
 import tempfile
 import time
@@ -31,10 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aiohttp
 from _common import STUDENT, TEACHER, mint, percentile
 from _servers import (
+    admin_auth,
     create_pg_database,
     drop_pg_database,
     log,
     py_spy,
+    server_env,
     start_live_instances,
     tree_cpu_seconds,
     wait_ready,
@@ -165,17 +165,9 @@ async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         else:
             name, db_url = await create_pg_database()
             stack.push_async_callback(drop_pg_database, name)
-        secret, api_secret = secrets.token_urlsafe(48)[:48], secrets.token_urlsafe(24)
-        env = {
-            "LIVE_DATABASE_URL": db_url,
-            "LIVE_SECRET": secret,
-            "LIVE_API_KEY": "bench",
-            "LIVE_API_SECRET": api_secret,
-            "LIVE_DATA_DIR": str(work / "data"),
-            "LIVE_LOG_LEVEL": "WARNING",
-            "LIVE_SPEND_CAP_DAILY": str(10**12),
-            "LIVE_SPEND_CAP_PER_TRANSFER": str(10**9),
-        }
+        env, secret, api_secret = server_env(
+            db_url, work / "data", LIVE_SPEND_CAP_DAILY=str(10**12), LIVE_SPEND_CAP_PER_TRANSFER=str(10**9)
+        )
         ((proc, port),) = start_live_instances(1, env, work)
         stack.callback(proc.stop)
         await wait_ready(f"http://127.0.0.1:{port}/readyz", [proc], 60)
@@ -183,7 +175,7 @@ async def run_one(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         teacher = SioClient(None, transport="raw")
         await teacher.connect("127.0.0.1", port, mint(secret, ROOM, "teacher", "teacher", TEACHER))
         assert (await teacher.call("join", {}))["ok"]  # the first teacher to open the room receives its gifts
-        auth = {"Authorization": "Basic " + base64.b64encode(f"bench:{api_secret}".encode()).decode()}
+        auth = {"Authorization": admin_auth(api_secret)}
         coins = int(args.rate * args.duration * 2 / args.students) + 100
         async with aiohttp.ClientSession(headers=auth) as http:
 

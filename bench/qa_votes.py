@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import bisect
 import json
 import multiprocessing as mp
-import secrets
 import sys
 import tempfile
 import time
@@ -34,9 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aiohttp
 from _common import STUDENT, TEACHER, mint, percentile
 from _servers import (
+    admin_auth,
     create_pg_database,
     drop_pg_database,
     log,
+    server_env,
     start_live_instances,
     start_redis,
     tree_cpu_seconds,
@@ -187,7 +187,7 @@ async def snapshot_counts(port: int, secret: str, who: str) -> dict[str, int]:
 
 
 async def exported_counts(port: int, key: str, api_secret: str) -> dict[str, int]:
-    auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:{api_secret}".encode()).decode()}
+    auth = {"Authorization": admin_auth(api_secret, key)}
     async with (
         aiohttp.ClientSession(headers=auth) as http,
         http.get(f"http://127.0.0.1:{port}/api/rooms/{ROOM}/questions") as r,
@@ -202,18 +202,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.callback(redis.stop)
         name, db_url = await create_pg_database()
         stack.push_async_callback(drop_pg_database, name)
-        secret, api_secret = secrets.token_urlsafe(48)[:48], secrets.token_urlsafe(24)
         (work / "data").mkdir()
-        env = {
-            "LIVE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "LIVE_DATABASE_URL": db_url,
-            "LIVE_SECRET": secret,
-            "LIVE_API_KEY": "bench",
-            "LIVE_API_SECRET": api_secret,
-            "LIVE_DATA_DIR": str(work / "data"),
-            "LIVE_QA_VOTE_FLUSH_MS": str(args.flush_ms),
-            "LIVE_LOG_LEVEL": "WARNING",
-        }
+        env, secret, api_secret = server_env(
+            db_url,
+            work / "data",
+            redis_url=f"redis://127.0.0.1:{redis_port}/0",
+            LIVE_QA_VOTE_FLUSH_MS=str(args.flush_ms),
+        )
         instances = start_live_instances(INSTANCES, env, work)
         for proc, _ in instances:
             stack.callback(proc.stop)
