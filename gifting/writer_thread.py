@@ -108,7 +108,10 @@ def _direct_form(statement: UpdateBase | TextClause, keys: tuple[str, ...], dial
         and names
         and set(names) <= set(keys)
         and not getattr(compiled, "insert_prefetch", None)
-        and all(compiled.binds[name].type.bind_processor(dialect) is None for name in names)
+        and not compiled.post_compile_params  # expanding IN lists and the like are rendered per call
+        and not compiled.literal_execute_params
+        # The dialect's own type: SQLite converts DateTime, Date, Time... where the generic types do not.
+        and all(dialect.type_descriptor(compiled.binds[name].type).bind_processor(dialect) is None for name in names)
     ):
         getter = operator.itemgetter(*names)
         values_of = getter if len(names) > 1 else (lambda row: (getter(row),))

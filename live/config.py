@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from sqlalchemy.engine import make_url
+
 from gifting.policy import DEFAULT_CATALOGUE, Gift, GiftPolicy, SalesPolicy
 from rooms.identity import Role
 from rooms.policy import ChatPolicy, QaPolicy
@@ -157,8 +159,7 @@ def normalize_database_url(url: str) -> str:
         raise ConfigError("LIVE_DATABASE_URL must look like sqlite:///path or postgresql://user@host/db")
     base = scheme.split("+", 1)[0]
     if base == "sqlite":
-        path = rest[1:] if rest.startswith("/") else rest
-        if not path or path == ":memory:" or "mode=memory" in path:
+        if _sqlite_in_memory(rest):
             # Each connection to an in-memory database has its own; the server opens several (the ledger
             # writes on its own thread's), so they would not see each other's data.
             raise ConfigError("LIVE_DATABASE_URL: SQLite must be a file (sqlite:///path), not in memory")
@@ -166,6 +167,17 @@ def normalize_database_url(url: str) -> str:
     if base in ("postgresql", "postgres"):
         return f"postgresql+asyncpg://{rest}"
     raise ConfigError(f"LIVE_DATABASE_URL: unsupported database {scheme!r} (use sqlite or postgresql)")
+
+
+def _sqlite_in_memory(rest: str) -> bool:
+    """Whether ``sqlite://{rest}`` names an in-memory database (no path, ``:memory:``, or a URI one)."""
+    url = make_url(f"sqlite://{rest}")
+    database = url.database or ""
+    return (
+        database in ("", ":memory:")
+        or database.startswith("file::memory:")
+        or url.query.get("mode") == "memory"
+    )
 
 
 def _media_workers(env: dict[str, str]) -> int:

@@ -82,6 +82,7 @@ async def test_forwarding_taps_receivers_and_sends_through_the_viewers_own_sessi
     delays: list[tuple[float, float, float]] = []
     room = MediaRoom("internals", republish_grace_s=5, observe_delay=lambda *d: delays.append(d))
     publisher = SyntheticPublisher()
+    screen = SyntheticPublisher(audio=False)
     viewer = DecodingPeer()
     try:
         await publisher.accept(await room.publish("teacher", "main", await publisher.offer()))
@@ -124,8 +125,19 @@ async def test_forwarding_taps_receivers_and_sends_through_the_viewers_own_sessi
         for kind, packets_sent in reported.items():
             assert 0 < packets_sent <= counts[kind], "the figures of what we sent"
         assert sender_cname(slot.transceiver.sender), "with the CNAME"
+
+        # A track added later (a screen share) gets a slot that may start before aiortc starts its sender:
+        # its reports carry the CNAME too.
+        await screen.accept(await room.publish("teacher", "screen", await screen.offer()))
+        await wait_for(lambda: len(room.viewers["v1"].slots) == 3, 10, "the screen's slot")
+        await wait_for(lambda: all(s.sink is not None and s.sink.packets for s in room.viewers["v1"].slots), 10, "it")
+        await asyncio.gather(*answers)
+        room.send_sender_reports()
+        await asyncio.sleep(0.2)
+        assert all(s.cname and s.cname == sender_cname(s.transceiver.sender) for s in room.viewers["v1"].slots)
     finally:
         await viewer.close()
+        await screen.close()
         await publisher.close()
         await room.close()
 

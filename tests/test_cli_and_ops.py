@@ -161,6 +161,8 @@ async def test_readyz_reports_a_database_outage(pg_url: str, start_app: AppFacto
         ("LIVE_DATABASE_URL", "mysql://db/live"),
         ("LIVE_DATABASE_URL", "sqlite:///:memory:"),
         ("LIVE_DATABASE_URL", "sqlite://"),
+        ("LIVE_DATABASE_URL", "sqlite:///file::memory:?uri=true"),
+        ("LIVE_DATABASE_URL", "sqlite:///file:x.db?mode=memory&uri=true"),
         ("LIVE_ALLOWED_ORIGINS", "school.example"),
         ("LIVE_PUBLIC_URL", "ftp://class.example"),
         ("LIVE_SECRET", "too-short"),

@@ -57,6 +57,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         async def reset() -> None:
+            await self.ledger.close()  # its writer thread too
             async with self.db.begin() as conn:
                 for table in reversed(t.metadata.sorted_tables):
                     await conn.execute(table.delete())
@@ -248,4 +249,5 @@ async def test_a_batch_that_fails_in_the_database_is_applied_one_by_one(tmp_path
         assert await ledger.balance(acct.held("ana")) == 30
         assert await ledger.total() == 0
     finally:
+        await ledger.close()
         await db.dispose()

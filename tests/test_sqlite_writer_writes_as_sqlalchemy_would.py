@@ -6,11 +6,12 @@ operation at fault by it)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, String, Table, TypeDecorator, insert, select, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, Time, TypeDecorator, bindparam, insert, select, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -42,7 +43,14 @@ stamped = Table(
     Column("name", Lower, nullable=False),
     Column("kind", String, nullable=False, default="plain"),  # a Python-side default
 )
+timed = Table(
+    "timed",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("at", Time, nullable=False),  # generic Time has no converter; SQLite's has (the driver has none)
+)
 INSERT_ITEM = insert(items)
+INSERT_TIMED = insert(timed)
 INSERT_STAMPED = insert(stamped)
 ADD_N = sqlite.insert(items).on_conflict_do_update(index_elements=["id"], set_={"n": items.c.n + 1})
 ADD_IF_POSITIVE = text("UPDATE items SET n = n + :d WHERE id = :id AND n + :d > 0")  # a parameter used twice
@@ -70,17 +78,21 @@ async def test_rows_defaults_conversions_and_upserts_are_written(db) -> None:  #
         assert changed == 1, "the rows changed in all: b; c would reach 0, x does not exist"
         await execute_many(conn, INSERT_STAMPED, [{"id": "s1", "name": "Ana"}])
         await execute_many(conn, INSERT_STAMPED, [{"id": "s2", "name": "BO", "kind": "x"}])
+        await execute_many(conn, INSERT_TIMED, [{"id": "t1", "at": dt.time(9, 30)}])
+        some = text("UPDATE items SET n = n * 10 WHERE id IN :ids").bindparams(bindparam("ids", expanding=True))
+        assert await execute_many(conn, some, [{"ids": ["a", "c"]}]) == 2, "an expanding IN list is rendered"
 
     try:
         await writer.run(write)
         async with db.connect() as conn:
             assert (await conn.execute(select(items.c.id, items.c.n).order_by(items.c.id))).all() == [
-                ("a", 2),
+                ("a", 20),
                 ("b", 7),
-                ("c", 7),
+                ("c", 70),
             ]
             got = (await conn.execute(select(stamped).order_by(stamped.c.id))).all()
             assert got == [("s1", "ana", "plain"), ("s2", "bo", "x")]
+            assert (await conn.execute(select(timed))).all() == [("t1", dt.time(9, 30))]
     finally:
         await writer.stop()
 

@@ -162,11 +162,13 @@ class TrackSink:
         self.packets += 1
         self.octets += len(payload)
 
-    def send_sender_report(self, sent_at: float, cname: str | None) -> None:
-        """An RTCP sender report for this stream (with the CNAME): ``sent_at`` is when the last packet was
-        sent (``time.time()``), so its NTP time and RTP timestamp name the same instant, by which a viewer
-        aligns audio and video."""
-        report = sender_report(self._ssrc, ntp_time(sent_at), self._last_ts, self.packets, self.octets, cname)
+    def send_sender_report(self, now: float, sent_at: float, cname: str | None) -> None:
+        """An RTCP sender report for this stream (with the CNAME), made at ``now``: the RTP timestamp of
+        that instant is the last packet's (sent at ``sent_at``, both ``time.time()``) advanced by the time
+        since, so the NTP time and the RTP timestamp name the same instant, by which a viewer aligns audio
+        and video (RFC 3550 6.4.1)."""
+        rtp_now = self._last_ts + int(max(0.0, now - sent_at) * self.clock_rate)
+        report = sender_report(self._ssrc, ntp_time(now), rtp_now, self.packets, self.octets, cname)
         try:
             self._send(self._srtp.protect_rtcp(report))
         except (OSError, pylibsrtp.Error):  # as for media: the report is lost, the next one follows

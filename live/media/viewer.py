@@ -183,7 +183,6 @@ class Viewer:
         except ConnectionError:
             return
         slot.sink = TrackSink(egress, video=slot.kind == "video", clock_rate=slot.source.clock_rate)
-        slot.cname = sender_cname(slot.transceiver.sender)
         slot.source.add_sink(slot.sink)
 
     def _activate_all(self) -> None:
@@ -258,7 +257,9 @@ class Viewer:
         for slot in self.slots:
             sink, source = slot.sink, slot.source
             if sink is not None and source is not None and sink.packets and not sink.resync:
-                sink.send_sender_report(source.last_forward, slot.cname)
+                if slot.cname is None:  # a slot activated before aiortc started its sender has none yet
+                    slot.cname = sender_cname(slot.transceiver.sender)
+                sink.send_sender_report(time.time(), source.last_forward, slot.cname)
 
     # lifecycle
     async def _state_changed(self) -> None:
