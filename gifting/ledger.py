@@ -274,7 +274,7 @@ class Ledger:
                 continue
             try:
                 legs = self._legs_of(plan, holds, reversals, now)
-                self._check_caps(plan, legs, spent, limits)
+                debited = self._check_caps(plan, legs, spent, limits)
                 moved = _apply_legs(balances, legs)
                 for statement, error in plan.guards:
                     # Guards run in order; a later one refusing leaves earlier ones applied in this
@@ -297,7 +297,6 @@ class Ledger:
             writes.accept(plan, digest, legs, result, now)
             writes.extra(index, pending.rows, pending.counts)
             if plan.spender:
-                debited = sum(leg.amount for leg in legs if leg.debit == acct.wallet(plan.spender))
                 spent[plan.spender] = spent.get(plan.spender, 0) + debited
                 writes.spend(plan.spender, debited)
             self._close_hold_in_memory(plan, holds, now, writes)
@@ -313,12 +312,14 @@ class Ledger:
         return outcomes, writes
 
     def _among(self, column: ColumnElement[str], values: list[str]) -> ColumnElement[bool]:
-        """``column IN values``; on PostgreSQL as ``= ANY(text array)``: the same SQL for any number of values,
-        so the connection's prepared statement is used again (a new one costs a round trip more). On SQLite
-        one expanding parameter: ``in_(values)`` would build a bound parameter per value, in Python."""
+        """``column IN values``, as the same SQL for any number of values: on PostgreSQL ``= ANY(text array)``
+        (the connection's prepared statement is used again; a new one costs a round trip more), on SQLite
+        ``IN (SELECT value FROM json_each(?))`` (``in_(values)``, or an expanding parameter, renders a
+        placeholder per value, in Python, on every call)."""
         if self._is_pg:
             return column == any_(literal(values, ARRAY(Text)))
-        return column.in_(bindparam(None, list(values), expanding=True))
+        listed = func.json_each(bindparam(None, orjson.dumps(list(values)).decode(), type_=Text)).table_valued("value")
+        return column.in_(select(listed.c.value))
 
     async def _load_holds(self, conn: WriteConnection, plans: list[Plan]) -> dict[str, dict[str, Any]]:
         ids = [p.hold_close[0] for p in plans if p.hold_close]
@@ -433,17 +434,25 @@ class Ledger:
             return [Leg(r["credit"], r["debit"], int(r["amount"])) for r in rows]
         return list(plan.legs)
 
-    def _check_caps(self, plan: Plan, legs: list[Leg], spent: dict[str, int], limits: dict[str, Caps]) -> None:
-        if not plan.spender:
-            return
-        amount = sum(leg.amount for leg in legs if leg.debit == acct.wallet(plan.spender))
-        own = limits.get(plan.spender, Caps())
-        per_transfer = _lowest(self.caps.per_transfer, own.per_transfer)
-        daily = _lowest(self.caps.daily, own.daily)
+    def _check_caps(self, plan: Plan, legs: list[Leg], spent: dict[str, int], limits: dict[str, Caps]) -> int:
+        """Refuse ``legs`` if they go past the spender's caps; returns what they take from the spender's wallet."""
+        spender = plan.spender
+        if not spender:
+            return 0
+        wallet = acct.wallet(spender)
+        amount = 0
+        for leg in legs:
+            if leg.debit == wallet:
+                amount += leg.amount
+        own = limits.get(spender)
+        per_transfer, daily = self.caps.per_transfer, self.caps.daily
+        if own is not None:
+            per_transfer, daily = _lowest(per_transfer, own.per_transfer), _lowest(daily, own.daily)
         if per_transfer is not None and amount > per_transfer:
             raise _Refused(RoomError("cap_reached", f"at most {per_transfer} coins at a time", cap=per_transfer))
-        if daily is not None and spent.get(plan.spender, 0) + amount > daily:
+        if daily is not None and spent.get(spender, 0) + amount > daily:
             raise _Refused(RoomError("cap_reached", f"at most {daily} coins a day", cap=daily))
+        return amount
 
     @staticmethod
     def _close_hold_in_memory(plan: Plan, holds: dict[str, dict[str, Any]], now: int, writes: BatchWrites) -> None:
