@@ -214,9 +214,10 @@ class BatchWrites:
         reversals: dict[str, list[dict[str, Any]]],
     ) -> None:
         """Write the batch: the buyer's rows first, then the counters and balances every operation shares."""
-        await execute_many(conn, _INSERT_OPERATION, self.operations)
-        await execute_many(conn, _INSERT_TRANSFER, [self._transfer_row(r, reversals) for r in self.transfers])
-        await execute_many(conn, _INSERT_HOLD, self.holds)
+        await _insert_all(conn, _INSERT_OPERATION, t.operations, self.operations, is_pg)
+        transfers = [self._transfer_row(r, reversals) for r in self.transfers]
+        await _insert_all(conn, _INSERT_TRANSFER, t.transfers, transfers, is_pg)
+        await _insert_all(conn, _INSERT_HOLD, t.holds, self.holds, is_pg)
         for hold_id, status, at in self.closed:
             done = await conn.execute(
                 update(t.holds)
@@ -226,7 +227,7 @@ class BatchWrites:
             if done.rowcount != 1:
                 raise IntegrityError("hold closed twice", None, Exception(hold_id))
         spent = [{"owner": o, "day": day, "spent": s} for o, s in self.spent.items()]
-        await execute_many(conn, _ADD_SPENT_PG if is_pg else _ADD_SPENT_SQLITE, spent)
+        await _insert_all(conn, _ADD_SPENT_PG if is_pg else _ADD_SPENT_SQLITE, t.daily_spend, spent, is_pg)
         for room_id, events in self.events.items():
             if events:
                 row_id = f"{self.id_prefix}{next(_OUTBOX_IDS)}"
@@ -234,8 +235,8 @@ class BatchWrites:
                     {"id": row_id, "room_id": room_id, "type": "money", "data": to_json(events), "created_at": now}
                 )
                 self.announce.append({"id": row_id, "room_id": room_id, "events": events})
-        await execute_many(conn, _INSERT_OUTBOX, self.outbox)
-        await execute_many(conn, _INSERT_AUDIT, self.audit)
+        await _insert_all(conn, _INSERT_OUTBOX, t.outbox, self.outbox, is_pg)
+        await _insert_all(conn, _INSERT_AUDIT, t.audit_log, self.audit, is_pg)
 
         await self._insert_rows(conn, is_pg)
         await self._write_counts(conn)
@@ -323,6 +324,21 @@ class BatchWrites:
         if updated != len(changed):
             # The guard refused an update that the checks under lock allowed: never commit that.
             raise IntegrityError("guarded balance update refused", None, Exception(str(changed)))
+
+
+async def _insert_all(
+    conn: WriteConnection, into: Insert, table: Table, rows: list[dict[str, Any]], is_pg: bool
+) -> None:
+    """``rows`` into ``table`` with ``into`` (a constant INSERT, possibly with ON CONFLICT): on PostgreSQL in one
+    statement from column arrays (one execution however many rows: a batch's 300 transfers took 18 ms as
+    300 pipelined executions), elsewhere through execute_many."""
+    if not rows:
+        return
+    statement = _from_arrays(into, table, rows) if is_pg else None
+    if statement is not None:
+        await conn.execute(statement)
+    else:
+        await execute_many(conn, into, rows)
 
 
 def _from_arrays(into: Insert, table: Table, rows: list[dict[str, Any]]) -> Insert | None:
