@@ -173,11 +173,7 @@ def _sqlite_in_memory(rest: str) -> bool:
     """Whether ``sqlite://{rest}`` names an in-memory database (no path, ``:memory:``, or a URI one)."""
     url = make_url(f"sqlite://{rest}")
     database = url.database or ""
-    return (
-        database in ("", ":memory:")
-        or database.startswith("file::memory:")
-        or url.query.get("mode") == "memory"
-    )
+    return database in ("", ":memory:") or database.startswith("file::memory:") or url.query.get("mode") == "memory"
 
 
 def _media_workers(env: dict[str, str]) -> int:

@@ -152,6 +152,13 @@ class DecodingPeer:
         await self.pc.close()
 
 
+async def close_all(*things: Any) -> None:
+    """Close peers and socket clients in the order given: each argument one of them, or a list of them."""
+    for thing in things:
+        for one in thing if isinstance(thing, list) else [thing]:
+            await one.close()
+
+
 async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from rooms.identity import Role
-from tests.media_support import SocketViewer, SyntheticPublisher, wait_for
+from tests.media_support import SocketViewer, SyntheticPublisher, close_all, wait_for
 from tests.support import ADMIN_AUTH, Member, RedisServer, ServerProcess, token
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -97,8 +97,4 @@ async def test_student_on_another_instance_watches_and_survives_the_media_instan
         assert survivor_student.sio.connected, "no reload: the same socket"
         await camera_again.close()
     finally:
-        for v in viewers:
-            await v.close()
-        await camera.close()
-        for m in members:
-            await m.close()
+        await close_all(viewers, camera, members)

@@ -23,6 +23,7 @@ from tests.media_support import (
     SocketViewer,
     SyntheticPublisher,
     WhepViewer,
+    close_all,
     late_viewer,
     lesson,
     wait_for,
@@ -160,13 +161,7 @@ async def test_two_workers_share_one_room_and_recover_from_a_killed_worker(start
             assert ended["ok"], ended
             await wait_for(lambda: not services.media.rooms, 10, "the room's media to close")
         finally:
-            for v in viewers:
-                await v.close()
-            for w in whep:
-                await w.peer.close()
-            await publisher.close()
-            for m in [teacher, *students]:
-                await m.close()
+            await close_all(viewers, [w.peer for w in whep], publisher, [teacher, *students])
 
 
 async def test_a_room_ending_closes_its_viewers_in_every_worker(start_app: AppFactory) -> None:
@@ -191,11 +186,7 @@ async def test_a_room_ending_closes_its_viewers_in_every_worker(start_app: AppFa
         assert all(h["viewers"] == h["rooms"] == h["mirrors"] == 0 for h in held), held
         assert [w.viewers for w in services.media.figures().workers] == [0, 0]
     finally:
-        for v in viewers:
-            await v.close()
-        await publisher.close()
-        for m in [teacher, *students]:
-            await m.close()
+        await close_all(viewers, publisher, [teacher, *students])
 
 
 def test_the_worker_setting_takes_a_number_or_auto(tmp_path: Path) -> None:

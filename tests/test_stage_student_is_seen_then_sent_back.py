@@ -8,7 +8,7 @@ import aiohttp
 
 from rooms.identity import Role
 from tests.conftest import AppFactory
-from tests.media_support import SocketViewer, SyntheticPublisher, wait_for
+from tests.media_support import SocketViewer, SyntheticPublisher, close_all, wait_for
 from tests.support import ADMIN_AUTH, Member, token
 
 
@@ -72,9 +72,4 @@ async def test_student_on_stage_is_seen_then_sent_back(start_app: AppFactory) ->
         again = await alice.call("media:publish", {"sdp": await SyntheticPublisher().offer()})
         assert again["error"]["code"] == "forbidden"
     finally:
-        for v in viewers:
-            await v.close()
-        await teacher_cam.close()
-        await alice_cam.close()
-        for m in members:
-            await m.close()
+        await close_all(viewers, teacher_cam, alice_cam, members)

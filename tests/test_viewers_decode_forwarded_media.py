@@ -9,7 +9,7 @@ import asyncio
 import aiohttp
 
 from tests.conftest import AppFactory
-from tests.media_support import SocketViewer, SyntheticPublisher, late_viewer, lesson, wait_for
+from tests.media_support import SocketViewer, SyntheticPublisher, close_all, late_viewer, lesson, wait_for
 
 
 async def test_every_viewer_decodes_and_a_late_viewer_gets_a_keyframe_within_a_second(start_app: AppFactory) -> None:
@@ -62,11 +62,7 @@ async def test_every_viewer_decodes_and_a_late_viewer_gets_a_keyframe_within_a_s
         assert ended["ok"], ended
         await wait_for(lambda: not services.media.rooms, 10, "the room's media to close")
     finally:
-        for v in viewers:
-            await v.close()
-        await publisher.close()
-        for m in [teacher, *students]:
-            await m.close()
+        await close_all(viewers, publisher, [teacher, *students])
 
 
 async def test_h264_is_forwarded_and_a_late_viewer_starts_on_an_idr(start_app: AppFactory) -> None:
@@ -91,8 +87,4 @@ async def test_h264_is_forwarded_and_a_late_viewer_starts_on_an_idr(start_app: A
         room = services.media.rooms["h264"]
         assert room.sources["t1:camera"].mime_type == "video/H264"
     finally:
-        for v in viewers:
-            await v.close()
-        await publisher.close()
-        for m in [teacher, *students]:
-            await m.close()
+        await close_all(viewers, publisher, [teacher, *students])

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 Emit = Callable[[str, dict[str, Any], str], Awaitable[None]]
 
 OWNER_CHECK_S = 2.0
+#: Socket events the hosting instance sends to a viewer's socket on another instance, by their op on the bus.
+SOCKET_EVENTS = {"offer": "media:offer", "restart": "media:restart"}
 
 
 @dataclass(frozen=True)
@@ -216,35 +218,31 @@ class MediaRouter:
     # offers to viewers
     def _offer_sender(self, instance: str, sid: str) -> OfferSender:
         async def send(viewer: Any, payload: dict[str, Any]) -> None:
-            if instance == self.me:
-                await self._emit("media:offer", payload, sid)
-            else:
-                with contextlib.suppress(MediaError):
-                    await self.bus.notify(instance, {"op": "offer", "sid": sid, "payload": payload})
+            await self._to_socket(instance, sid, "offer", payload)
 
         return send
 
     def _restarter(self, instance: str, sid: str) -> LostHandler:
         """Tells the socket ``sid`` (here or on ``instance``) that its viewer is lost: it watches again."""
-        payload = {"reason": "the media worker restarted"}
 
         async def restart() -> None:
-            if instance == self.me:
-                await self._emit("media:restart", payload, sid)
-            else:
-                with contextlib.suppress(MediaError):
-                    await self.bus.notify(instance, {"op": "restart", "sid": sid, "payload": payload})
+            await self._to_socket(instance, sid, "restart", {"reason": "the media worker restarted"})
 
         return restart
+
+    async def _to_socket(self, instance: str, sid: str, op: str, payload: dict[str, Any]) -> None:
+        """Emit ``SOCKET_EVENTS[op]`` to the socket ``sid``: here, or relayed to ``instance`` (best effort)."""
+        if instance == self.me:
+            await self._emit(SOCKET_EVENTS[op], payload, sid)
+        else:
+            with contextlib.suppress(MediaError):
+                await self.bus.notify(instance, {"op": op, "sid": sid, "payload": payload})
 
     # requests from other instances
     async def handle(self, message: dict[str, Any]) -> dict[str, Any] | None:
         op = message["op"]
-        if op == "offer":
-            await self._emit("media:offer", message["payload"], message["sid"])
-            return None
-        if op == "restart":
-            await self._emit("media:restart", message["payload"], message["sid"])
+        if op in SOCKET_EVENTS:
+            await self._emit(SOCKET_EVENTS[op], message["payload"], message["sid"])
             return None
         who = identity_from(message["who"])
         if op != "leave" and op != "disconnect_publisher" and await self.bus.owner(who.room_id) != self.me:

@@ -49,7 +49,6 @@ class Slot:
     source: TrackSource | None = None
     sink: TrackSink | None = None
     retransmitted: int = 0
-    cname: str | None = None
     track: Any = field(default=None, repr=False)
 
     @property
@@ -257,9 +256,8 @@ class Viewer:
         for slot in self.slots:
             sink, source = slot.sink, slot.source
             if sink is not None and source is not None and sink.packets and not sink.resync:
-                if slot.cname is None:  # a slot activated before aiortc started its sender has none yet
-                    slot.cname = sender_cname(slot.transceiver.sender)
-                sink.send_sender_report(time.time(), source.last_forward, slot.cname)
+                # Read each time: a slot activated before aiortc started its sender had no CNAME yet.
+                sink.send_sender_report(time.time(), source.last_forward, sender_cname(slot.transceiver.sender))
 
     # lifecycle
     async def _state_changed(self) -> None:
