@@ -72,10 +72,12 @@ def test_in_place_protection_matches_the_library() -> None:
     ours = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
     theirs = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
     writer = SrtpWriter(ours)
+    template = struct.pack("!BBHII", 0x80, 0, 0, 0, 0x1234)
     for seq in range(5):
-        packet = struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, 0x1234) + os.urandom(900)
-        writer.buffer[0 : len(packet)] = packet
-        assert writer.protect(len(packet)) == theirs.protect(packet)
+        payload = os.urandom(900)
+        packet = struct.pack("!BBHII", 0x80, 96 | (seq % 2) << 7, seq, seq * 3000, 0x1234) + payload
+        assert writer.protect(template, seq, seq * 3000, 96 | (seq % 2) << 7, payload) == theirs.protect(packet)
+    assert writer.protect(template, 5, 0, 96, bytes(2048)) is None, "too large for one packet"
 
 
 async def test_forwarding_taps_receivers_and_sends_through_the_viewers_own_session(

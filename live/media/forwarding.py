@@ -3,8 +3,16 @@
 A ``TrackSource`` is one track a publisher sends (a camera, a microphone, a screen). A ``TrackSink`` is
 one viewer's outgoing stream bound to a source. For each packet the source hands the same payload to
 every sink; the sink writes its own 12-byte header (its SSRC, payload type and a continuous sequence
-number and timestamp) and its mid extension, protects the packet with its SRTP session and writes it
-to its ICE pair's socket. That is all the per-viewer work there is.
+number and timestamp) and its mid extension and protects the packet with its SRTP session, both in one
+C call (``live/media/_rtp_protect.c``).
+
+Sinks send once the packets that arrived together are forwarded (``TrackSource.flush``, scheduled on
+the event loop). A publisher's pacer spaces a frame's packets by a few milliseconds, so that is mostly
+one packet; packets that queued up (a publisher without a pacer, a keyframe, a busy moment) reach each
+viewer's socket in as few sends as the kernel allows: a run of equal-sized packets is one ``sendmsg``
+with ``UDP_SEGMENT`` (UDP GSO, Linux 4.18+), which the kernel splits into datagrams. On the wire nothing
+changes; per packet per viewer it halves the kernel's send work, the largest part of a copy's cost, so
+forwarding gets cheaper as it falls behind. That is all the per-viewer work there is.
 
 A sink keeps its sequence numbers and timestamps continuous when its source's publisher reconnects or
 switches camera, so a viewer's decoder sees one stream. Video sinks start (and restart) on a keyframe.
@@ -13,11 +21,14 @@ switches camera, so a viewer's decoder sees one stream. Video sinks start (and r
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import random
+import socket
 import struct
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,11 +36,51 @@ import pylibsrtp
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from live.media._rtp_protect import protect_rtp
 from live.media.internals import Egress
 from live.media.rtp import keyframe_detector, mid_extension_block, ntp_time, sender_report
 
 NACK_HISTORY = 512  # packets per video sink: about 3 s of 1.2 Mbps video
 KEYFRAME_REQUEST_INTERVAL_S = 0.5
+#: A source sends what it has forwarded once this many packets wait (a keyframe's burst), or else once
+#: the packets that arrived together are all forwarded.
+BURST_LIMIT = 32
+
+UDP_SEGMENT = 103  # linux/udp.h
+GSO_SIZE = struct.Struct("@H")
+MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
+MAX_SEGMENTED_BYTES = 60_000  # under the 64 KiB of one UDP datagram with its headers
+#: ``sendmsg`` errors that mean this socket cannot segment (an old kernel, a route whose MTU is below the
+#: segment size, a device without checksum offload): the sink sends packet by packet from then on.
+GSO_REFUSED = frozenset({errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
+GSO_AVAILABLE = sys.platform == "linux"
+_gso_options: dict[int, list[tuple[int, int, bytes]]] = {}
+
+
+def segment_runs(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """Split packets, given by their sizes in order, into ``[start, end)`` runs that one segmented send
+    can carry: every packet of a run but the last has the run's first size, and the last is no larger."""
+    runs = []
+    i, n = 0, len(sizes)
+    while i < n:
+        size = total = sizes[i]
+        j = i + 1
+        while j < n and j - i < MAX_SEGMENTS and total + sizes[j] <= MAX_SEGMENTED_BYTES and sizes[j] <= size:
+            total += sizes[j]
+            j += 1
+            if sizes[j - 1] < size:
+                break
+        runs.append((i, j))
+        i = j
+    return runs
+
+
+def _gso_option(size: int) -> list[tuple[int, int, bytes]]:
+    option = _gso_options.get(size)
+    if option is None:
+        option = _gso_options[size] = [(socket.IPPROTO_UDP, UDP_SEGMENT, GSO_SIZE.pack(size))]
+    return option
+
 
 _source_keys = itertools.count(1)
 
@@ -70,21 +121,22 @@ class TrackSink:
     """One viewer's outgoing stream of one source."""
 
     __slots__ = (
-        "_buffer",
-        "_extension",
-        "_first_byte",
-        "_header",
-        "_header_len",
         "_history",
         "_last_seq",
         "_last_ts",
         "_marker_pt",
+        "_pending",
+        "_protect",
+        "_protect_address",
         "_pt",
         "_send",
+        "_send_segments",
         "_seq_offset",
+        "_session_address",
         "_srtp",
         "_ssrc",
         "_stopped_at",
+        "_template",
         "_ts_offset",
         "clock_rate",
         "dropped",
@@ -96,16 +148,19 @@ class TrackSink:
 
     def __init__(self, egress: Egress, *, video: bool, clock_rate: int) -> None:
         extension = mid_extension_block(egress.mid_extension_id, egress.mid)
-        self._header = struct.Struct(f"!BBHII{len(extension)}s")
-        self._header_len = self._header.size
-        self._first_byte = 0x90 if extension else 0x80
-        self._extension = extension
+        # The viewer's header: version 2, the X bit when the mid extension follows, and its SSRC; each
+        # copy writes in its marker and payload type, sequence number and timestamp.
+        self._template = struct.pack("!BBHII", 0x90 if extension else 0x80, 0, 0, 0, egress.ssrc) + extension
         self._pt = egress.payload_type
         self._marker_pt = egress.payload_type | 0x80
         self._ssrc = egress.ssrc
         self._srtp = egress.srtp
-        self._buffer = egress.srtp.buffer
+        self._protect = protect_rtp
+        self._protect_address = egress.srtp.protect_address
+        self._session_address = egress.srtp.session_address
         self._send = egress.send
+        self._send_segments = egress.send_segments if GSO_AVAILABLE else None
+        self._pending: list[bytes] = []
         self.video = video
         self.clock_rate = clock_rate
         self._history: list[bytes | None] | None = [None] * NACK_HISTORY if video else None
@@ -134,33 +189,70 @@ class TrackSink:
         self.resync = False
 
     def send(self, seq: int, ts: int, marker: int, payload: bytes) -> None:
-        """Rewrite, protect and send one packet (the caller has checked keyframe starts)."""
+        """Rewrite and protect one packet (the caller has checked keyframe starts); ``flush`` sends it."""
         seq = (seq + self._seq_offset) & 0xFFFF
         ts = (ts + self._ts_offset) & 0xFFFFFFFF
-        buffer = self._buffer
-        start = self._header_len
-        end = start + len(payload)
-        if end > self._srtp.capacity:
-            self.dropped += 1
-            return
-        self._header.pack_into(
-            buffer, 0, self._first_byte, self._marker_pt if marker else self._pt, seq, ts, self._ssrc, self._extension
+        packet = self._protect(
+            self._protect_address,
+            self._session_address,
+            self._template,
+            seq,
+            ts,
+            self._marker_pt if marker else self._pt,
+            payload,
         )
-        buffer[start:end] = payload
-        packet = self._srtp.protect(end)
-        if packet is None:
+        if packet is None:  # too large, or refused by libsrtp
             self.dropped += 1
             return
-        try:
-            self._send(packet)
-        except OSError:  # socket buffer full, or the viewer's port closed: the packet is lost, as on a network
-            self.dropped += 1
+        self._pending.append(packet)
         if self._history is not None:
             self._history[seq % NACK_HISTORY] = packet
         self._last_seq = seq
         self._last_ts = ts
         self.packets += 1
         self.octets += len(payload)
+
+    def flush(self) -> None:
+        """Send the packets protected since the last flush, runs of equal size as one segmented send."""
+        pending = self._pending
+        if not pending:
+            return
+        if len(pending) == 1 or self._send_segments is None:
+            for packet in pending:
+                self._send_one(packet)
+        else:
+            sizes = [len(packet) for packet in pending]
+            for start, end in segment_runs(sizes):
+                if end - start == 1 or self._send_segments is None:  # None: refused earlier in this flush
+                    for packet in pending[start:end]:
+                        self._send_one(packet)
+                else:
+                    self._send_run(pending[start:end], sizes[start])
+        pending.clear()
+
+    @property
+    def segmenting(self) -> bool:
+        """Whether runs of packets still go out as segmented sends (the socket has not refused one)."""
+        return self._send_segments is not None
+
+    def _send_one(self, packet: bytes) -> None:
+        try:
+            self._send(packet)
+        except OSError:  # socket buffer full, or the viewer's port closed: the packet is lost, as on a network
+            self.dropped += 1
+
+    def _send_run(self, run: list[bytes], size: int) -> None:
+        send_segments = self._send_segments
+        assert send_segments is not None
+        try:
+            send_segments(run, _gso_option(size))
+        except OSError as exc:
+            if exc.errno in GSO_REFUSED:
+                self._send_segments = None
+                for packet in run:
+                    self._send_one(packet)
+            else:
+                self.dropped += len(run)
 
     def send_sender_report(self, now: float, sent_at: float, cname: str | None) -> None:
         """An RTCP sender report for this stream (with the CNAME), made at ``now``: the RTP timestamp of
@@ -218,6 +310,8 @@ class TrackSource:
         self._last_keyframe_request = 0.0
         self.keyframe_interval_s = KEYFRAME_REQUEST_INTERVAL_S
         self._deferred: asyncio.TimerHandle | None = None
+        self._burst: list[float] = []  # arrival times of the packets protected for sinks but not yet sent
+        self._flush_handle: asyncio.Handle | None = None
         self._arrival: Callable[[], float] = time.time
         self._observe: Callable[[float, float, float], None] | None = None
 
@@ -243,6 +337,7 @@ class TrackSource:
 
     def remove_sink(self, sink: TrackSink) -> None:
         if sink in self.sinks:
+            sink.flush()
             self.sinks.remove(sink)
 
     def request_keyframe(self) -> None:
@@ -268,6 +363,7 @@ class TrackSource:
         self.request_keyframe()
 
     def close(self) -> None:
+        self.flush()
         if self._deferred is not None:
             self._deferred.cancel()
             self._deferred = None
@@ -313,5 +409,32 @@ class TrackSource:
         stats = self.stats
         stats.packets_in += 1
         stats.packets_out += sent
-        if self._observe is not None and sent:
-            self._observe(self._arrival(), start, time.time())
+        if not sent:
+            return
+        burst = self._burst
+        burst.append(self._arrival())
+        if len(burst) >= BURST_LIMIT:
+            self.flush()
+        elif self._flush_handle is None:
+            try:
+                self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no event loop: nothing batches, send now
+                self.flush()
+
+    def flush(self) -> None:
+        """Send every sink's waiting packets. Runs once the packets that arrived together are forwarded
+        (scheduled by ``forward``), so a frame's packets reach each viewer in one or a few sends."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        burst = self._burst
+        if not burst:
+            return
+        start = time.time()
+        for sink in self.sinks:
+            sink.flush()
+        end = time.time()
+        if self._observe is not None:
+            for arrival in burst:
+                self._observe(arrival, start, end)
+        burst.clear()

@@ -28,7 +28,8 @@ from typing import Any, Protocol
 from aiortc import RTCPeerConnection, RTCRtpCodecParameters, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import AnyRtcpPacket, RtcpByePacket, RtpPacket
-from pylibsrtp import SRTP_MAX_TRAILER_LEN
+
+from live.media._rtp_protect import protect_rtp
 
 
 class PacketTap(Protocol):
@@ -133,37 +134,38 @@ class ArrivalClock:
             protocol.datagram_received(data, address)
 
 
-class SrtpWriter:
-    """Protects a packet in place, in the pylibsrtp session's own buffer.
+SRTP_PROTECT_TYPE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
 
-    ``Session.protect`` copies its argument into that buffer and allocates on every call; here the
-    forwarder writes header and payload straight into ``buffer`` and gets back only the SRTP packet.
+
+class SrtpWriter:
+    """A pylibsrtp session as the forwarder uses it: the addresses of its libsrtp context and of
+    ``srtp_protect``, which ``live.media._rtp_protect`` calls for each viewer's copy of a packet.
+
+    ``Session.protect`` takes several interpreter calls per packet (copies into and out of a cffi buffer,
+    a cffi call); the C function builds and protects a copy in one.
     """
 
-    __slots__ = ("_cdata", "_ctx", "_length", "_protect", "_session", "buffer", "capacity")
+    __slots__ = ("_session", "protect_address", "session_address")
 
     def __init__(self, session: Any) -> None:
         from pylibsrtp import _binding
 
+        ffi, lib = _binding.ffi, _binding.lib
+        if str(ffi.typeof(lib.srtp_protect)) != f"<ctype '{SRTP_PROTECT_TYPE}'>":
+            raise RuntimeError(f"pylibsrtp internals changed: srtp_protect is {ffi.typeof(lib.srtp_protect)}")
         self._session = session  # keeps the context alive
-        self._ctx = session._srtp[0]
-        self._cdata = session._cdata
-        self.buffer = session._buffer
-        self._protect = _binding.lib.srtp_protect
-        self._length = _binding.ffi.new("int *")
-        self.capacity = len(self.buffer) - SRTP_MAX_TRAILER_LEN
+        self.session_address = int(ffi.cast("uintptr_t", session._srtp[0]))
+        self.protect_address = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
+
+    def protect(self, template: bytes, seq: int, timestamp: int, marker_pt: int, payload: bytes) -> bytes | None:
+        """The SRTP packet of an RTP header (``template`` with these fields written in) and ``payload``;
+        None if it is too large or libsrtp refused it."""
+        return protect_rtp(self.protect_address, self.session_address, template, seq, timestamp, marker_pt, payload)
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """``packet`` (RTCP) protected with the same session."""
         protected: bytes = self._session.protect_rtcp(packet)
         return protected
-
-    def protect(self, length: int) -> bytes | None:
-        """The SRTP packet made of the first ``length`` bytes of ``buffer``; None if libsrtp refused it."""
-        self._length[0] = length
-        if self._protect(self._ctx, self._cdata, self._length):
-            return None
-        return bytes(self.buffer[0 : self._length[0]])
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,8 @@ class Egress:
     mid_extension_id: int | None
     srtp: SrtpWriter
     send: Callable[[bytes], int]
+    #: ``sendmsg(buffers, ancillary)`` on the same socket: one call sends a run of segments (UDP GSO).
+    send_segments: Callable[[list[bytes], list[tuple[int, int, bytes]]], int]
     address: tuple[str, int]
 
 
@@ -209,6 +213,7 @@ def egress_of(transceiver: RTCRtpTransceiver) -> Egress:
         mid_extension_id=mid_id,
         srtp=SrtpWriter(srtp),
         send=sock.send,
+        send_segments=sock.sendmsg,
         address=address,
     )
 

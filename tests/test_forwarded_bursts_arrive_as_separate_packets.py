@@ -1,0 +1,164 @@
+"""A burst of packets forwarded together (a video frame) reaches each viewer's socket in a few segmented
+sends (UDP GSO): the viewer must still receive every packet as its own datagram, in order, byte for byte
+what packet-by-packet sending gives. A socket that refuses segmentation gets the same packets one by one.
+
+Real parts: loopback UDP sockets, the kernel's segmentation, SRTP sessions on both ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pylibsrtp
+import pytest
+from aiortc import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from live.media.forwarding import MAX_SEGMENTED_BYTES, MAX_SEGMENTS, TrackInfo, TrackSink, TrackSource, segment_runs
+from live.media.internals import Egress, SrtpWriter
+
+KEY = os.urandom(30)
+PROFILE = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+SO_NO_CHECK = 11  # asm-generic/socket.h
+VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+
+
+class ViewerEnd:
+    """A viewer's UDP socket and SRTP session, and the sink that sends to it."""
+
+    def __init__(self, *, refuse_segments: bool) -> None:
+        self.rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.rx.bind(("127.0.0.1", 0))
+        self.rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        self.rx.setblocking(False)
+        self.tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if refuse_segments:
+            # No UDP checksum: the kernel refuses segmentation on this socket (EINVAL), as it does on a
+            # device or a route that cannot segment.
+            self.tx.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        self.tx.connect(self.rx.getsockname())
+        self.tx.setblocking(False)
+        outbound = pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=PROFILE)
+        inbound = pylibsrtp.Policy(key=KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=PROFILE)
+        self.srtp_in = pylibsrtp.Session(policy=inbound)
+        egress = Egress(
+            payload_type=96,
+            ssrc=0x1234,
+            mid="0",
+            mid_extension_id=3,
+            srtp=SrtpWriter(pylibsrtp.Session(policy=outbound)),
+            send=self.tx.send,
+            send_segments=self.tx.sendmsg,
+            address=self.rx.getsockname(),
+        )
+        self.sink = TrackSink(egress, video=True, clock_rate=90000)
+
+    def received(self) -> list[RtpPacket]:
+        out = []
+        while True:
+            try:
+                datagram = self.rx.recv(65536)
+            except BlockingIOError:
+                return out
+            out.append(RtpPacket.parse(self.srtp_in.unprotect(datagram)))
+
+    def close(self) -> None:
+        self.rx.close()
+        self.tx.close()
+
+
+def payload(size: int, *, keyframe: bool, fill: int) -> bytes:
+    head = b"\x10\x00" if keyframe else b"\x00\x01"  # VP8 descriptor: a keyframe's first packet, or not
+    return head + bytes([fill % 256]) * (size - 2)
+
+
+sizes = st.integers(min_value=2, max_value=1200)
+bursts = st.lists(
+    st.one_of(
+        st.lists(sizes, min_size=1, max_size=12),
+        st.integers(2, 1200).flatmap(lambda n: st.lists(st.just(n), min_size=2, max_size=70)),  # a keyframe's run
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bursts)
+def test_every_packet_arrives_once_in_order(plan: list[list[int]]) -> None:
+    asyncio.run(_forward(plan))
+
+
+async def _forward(plan: list[list[int]]) -> None:
+    ends = [ViewerEnd(refuse_segments=False), ViewerEnd(refuse_segments=True)]
+    source = TrackSource(TrackInfo("s", "teacher", "camera", "video"), VP8)
+    for end in ends:
+        source.add_sink(end.sink)
+    sent: list[tuple[bytes, int]] = []
+    seq, ts = 100, 9000
+    try:
+        for number, burst in enumerate(plan):
+            for i, size in enumerate(burst):
+                data = payload(size, keyframe=i == 0, fill=len(sent))
+                marker = int(i == len(burst) - 1)
+                source.forward(0xABC, seq, ts, marker, data)
+                sent.append((data, marker))
+                seq = (seq + 1) & 0xFFFF
+            ts += 3000
+            if number % 2:
+                await asyncio.sleep(0)  # the scheduled flush sends the burst
+            else:
+                source.flush()
+            for end in ends:
+                assert end.sink.dropped == 0
+        for end in ends:
+            got = end.received()
+            assert [(p.payload, p.marker) for p in got] == sent
+            numbers = [p.sequence_number for p in got]
+            assert numbers == [(numbers[0] + k) & 0xFFFF for k in range(len(numbers))]
+            assert {p.ssrc for p in got} == {0x1234}
+        assert ends[0].sink.segmenting, "loopback accepts segmented sends"
+        tried = any(end - start > 1 for burst in plan for start, end in segment_runs(burst))
+        assert ends[1].sink.segmenting is not tried, "refused once, the sink sends packet by packet"
+    finally:
+        source.close()
+        for end in ends:
+            end.close()
+
+
+@given(st.lists(sizes, max_size=200))
+def test_runs_cover_every_packet_and_fit_one_segmented_send(packet_sizes: list[int]) -> None:
+    runs = segment_runs(packet_sizes)
+    assert [i for start, end in runs for i in range(start, end)] == list(range(len(packet_sizes)))
+    for start, end in runs:
+        run = packet_sizes[start:end]
+        assert len(run) <= MAX_SEGMENTS and (len(run) == 1 or sum(run) <= MAX_SEGMENTED_BYTES)
+        assert all(size == run[0] for size in run[:-1]) and run[-1] <= run[0]
+
+
+def test_a_frame_of_equal_packets_and_a_short_last_one_is_one_send() -> None:
+    assert segment_runs([1200, 1200, 1200, 700]) == [(0, 4)]
+    assert segment_runs([1001, 1001, 1000, 1000]) == [(0, 3), (3, 4)]  # sizes split evenly, as browsers do
+    assert segment_runs([700, 1200]) == [(0, 1), (1, 2)]
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+def test_a_sink_leaving_mid_burst_sends_what_it_was_given(refuse: bool) -> None:
+    async def leave_mid_burst() -> None:
+        end = ViewerEnd(refuse_segments=refuse)
+        source = TrackSource(TrackInfo("s", "teacher", "camera", "video"), VP8)
+        source.add_sink(end.sink)
+        try:
+            for k in range(3):
+                source.forward(1, 10 + k, 0, 0, payload(900, keyframe=k == 0, fill=k))
+            assert end.received() == [], "the burst waits for its flush"
+            source.remove_sink(end.sink)
+            assert [p.payload[2] for p in end.received()] == [0, 1, 2]
+        finally:
+            source.close()
+            end.close()
+
+    asyncio.run(leave_mid_burst())
