@@ -2,4 +2,4 @@
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("live.media._rtp_protect", ["live/media/_rtp_protect.c"], extra_compile_args=["-O2"])])
+setup(ext_modules=[Extension("live.media._copier", ["live/media/_copier.c"], extra_compile_args=["-O2"])])

@@ -21,6 +21,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from pylibsrtp import Policy, Session
 
+from live.media._copier import Copier, fan_out
 from live.media.forwarding import TrackSink
 from live.media.internals import SO_TIMESTAMPNS, SrtpWriter, sender_cname
 from live.media.room import MediaRoom
@@ -59,7 +60,7 @@ def test_private_members_still_have_the_shapes_we_use() -> None:
     assert isinstance(aioice.ice.CandidatePair.remote_addr, property)
     process = inspect.getsource(Session._Session__process)  # type: ignore[attr-defined]
     assert "self._cdata" in process and "self._buffer" in process and "self._srtp[0]" in process
-    assert pylibsrtp.SRTP_MAX_TRAILER_LEN >= 16
+    assert 16 <= pylibsrtp.SRTP_MAX_TRAILER_LEN <= 144, "live/media/_copier.c leaves 144 bytes for it"
     loop = asyncio.new_event_loop()
     try:
         assert callable(loop._add_reader) and callable(loop._remove_reader)  # type: ignore[attr-defined]
@@ -67,17 +68,36 @@ def test_private_members_still_have_the_shapes_we_use() -> None:
         loop.close()
 
 
-def test_in_place_protection_matches_the_library() -> None:
+def test_the_copier_protects_as_the_library_does() -> None:
+    """Our C copier calls libsrtp's srtp_protect through pylibsrtp's binding: its packets must be what
+    pylibsrtp's own ``protect`` gives for the same header and payload."""
     key = os.urandom(30)
     ours = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
     theirs = Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
     writer = SrtpWriter(ours)
-    template = struct.pack("!BBHII", 0x80, 0, 0, 0, 0x1234)
-    for seq in range(5):
-        payload = os.urandom(900)
-        packet = struct.pack("!BBHII", 0x80, 96 | (seq % 2) << 7, seq, seq * 3000, 0x1234) + payload
-        assert writer.protect(template, seq, seq * 3000, 96 | (seq % 2) << 7, payload) == theirs.protect(packet)
-    assert writer.protect(template, 5, 0, 96, bytes(2048)) is None, "too large for one packet"
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(5)
+        tx.connect(rx.getsockname())
+        template = struct.pack("!BBHII", 0x80, 0, 0, 0, 0x1234)
+        copier = Copier(template, writer.protect_address, writer.session_address, writer, tx, 96, 16, False)
+        expected = []
+        for seq in range(5):
+            payload = os.urandom(900)
+            fan_out([copier], seq, seq * 3000, seq % 2, payload)
+            expected.append(
+                theirs.protect(struct.pack("!BBHII", 0x80, 96 | (seq % 2) << 7, seq, seq * 3000, 0x1234) + payload)
+            )
+        copier.flush()
+        assert [rx.recv(2048) for _ in expected] == expected
+        assert copier.retransmit([3]) == 1 and rx.recv(2048) == expected[3]
+        fan_out([copier], 5, 0, 0, bytes(2048))
+        assert copier.dropped == 1 and copier.packets == 5, "too large for one packet: dropped, not sent"
+    finally:
+        rx.close()
+        tx.close()
 
 
 async def test_forwarding_taps_receivers_and_sends_through_the_viewers_own_session(

@@ -3,8 +3,9 @@
 A ``TrackSource`` is one track a publisher sends (a camera, a microphone, a screen). A ``TrackSink`` is
 one viewer's outgoing stream bound to a source. For each packet the source hands the same payload to
 every sink; the sink writes its own 12-byte header (its SSRC, payload type and a continuous sequence
-number and timestamp) and its mid extension and protects the packet with its SRTP session, both in one
-C call (``live/media/_rtp_protect.c``).
+number and timestamp) and its mid extension and protects the packet with its SRTP session. Those
+copies, their sends and the NACK history are C (``live/media/_copier.c``): one call makes every
+sink's copy of a packet, another sends them.
 
 Sinks send once the packets that arrived together are forwarded (``TrackSource.flush``, scheduled on
 the event loop). A publisher's pacer spaces a frame's packets by a few milliseconds, so that is mostly
@@ -21,14 +22,12 @@ switches camera, so a viewer's decoder sees one stream. Video sinks start (and r
 from __future__ import annotations
 
 import asyncio
-import errno
 import itertools
 import random
-import socket
 import struct
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,7 +35,7 @@ import pylibsrtp
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from live.media._rtp_protect import protect_rtp
+from live.media._copier import Copier, fan_out, flush_all
 from live.media.internals import Egress
 from live.media.rtp import keyframe_detector, mid_extension_block, ntp_time, sender_report
 
@@ -46,40 +45,8 @@ KEYFRAME_REQUEST_INTERVAL_S = 0.5
 #: the packets that arrived together are all forwarded.
 BURST_LIMIT = 32
 
-UDP_SEGMENT = 103  # linux/udp.h
-GSO_SIZE = struct.Struct("@H")
-MAX_SEGMENTS = 64  # the kernel's UDP_MAX_SEGMENTS
-MAX_SEGMENTED_BYTES = 60_000  # under the 64 KiB of one UDP datagram with its headers
-#: ``sendmsg`` errors that mean this socket cannot segment (an old kernel, a route whose MTU is below the
-#: segment size, a device without checksum offload): the sink sends packet by packet from then on.
-GSO_REFUSED = frozenset({errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
-GSO_AVAILABLE = sys.platform == "linux"
-_gso_options: dict[int, list[tuple[int, int, bytes]]] = {}
-
-
-def segment_runs(sizes: Sequence[int]) -> list[tuple[int, int]]:
-    """Split packets, given by their sizes in order, into ``[start, end)`` runs that one segmented send
-    can carry: every packet of a run but the last has the run's first size, and the last is no larger."""
-    runs = []
-    i, n = 0, len(sizes)
-    while i < n:
-        size = total = sizes[i]
-        j = i + 1
-        while j < n and j - i < MAX_SEGMENTS and total + sizes[j] <= MAX_SEGMENTED_BYTES and sizes[j] <= size:
-            total += sizes[j]
-            j += 1
-            if sizes[j - 1] < size:
-                break
-        runs.append((i, j))
-        i = j
-    return runs
-
-
-def _gso_option(size: int) -> list[tuple[int, int, bytes]]:
-    option = _gso_options.get(size)
-    if option is None:
-        option = _gso_options[size] = [(socket.IPPROTO_UDP, UDP_SEGMENT, GSO_SIZE.pack(size))]
-    return option
+#: Runs of equal-sized copies go out as one segmented send (UDP GSO) where the kernel has it.
+SEGMENTING = sys.platform == "linux"
 
 
 _source_keys = itertools.count(1)
@@ -118,61 +85,57 @@ class ForwardStats:
 
 
 class TrackSink:
-    """One viewer's outgoing stream of one source."""
+    """One viewer's outgoing stream of one source: what decides how it continues, over the ``Copier``
+    (``live/media/_copier.c``) that makes, sends and remembers its copies."""
 
-    __slots__ = (
-        "_history",
-        "_last_seq",
-        "_last_ts",
-        "_marker_pt",
-        "_pending",
-        "_protect",
-        "_protect_address",
-        "_pt",
-        "_send",
-        "_send_segments",
-        "_seq_offset",
-        "_session_address",
-        "_srtp",
-        "_ssrc",
-        "_stopped_at",
-        "_template",
-        "_ts_offset",
-        "clock_rate",
-        "dropped",
-        "octets",
-        "packets",
-        "resync",
-        "video",
-    )
+    __slots__ = ("_send", "_srtp", "_ssrc", "_stopped_at", "clock_rate", "copier", "resync", "video")
 
     def __init__(self, egress: Egress, *, video: bool, clock_rate: int) -> None:
         extension = mid_extension_block(egress.mid_extension_id, egress.mid)
         # The viewer's header: version 2, the X bit when the mid extension follows, and its SSRC; each
         # copy writes in its marker and payload type, sequence number and timestamp.
-        self._template = struct.pack("!BBHII", 0x90 if extension else 0x80, 0, 0, 0, egress.ssrc) + extension
-        self._pt = egress.payload_type
-        self._marker_pt = egress.payload_type | 0x80
-        self._ssrc = egress.ssrc
+        template = struct.pack("!BBHII", 0x90 if extension else 0x80, 0, 0, 0, egress.ssrc) + extension
+        self.copier = Copier(
+            template,
+            egress.srtp.protect_address,
+            egress.srtp.session_address,
+            egress.srtp,
+            egress.sock,
+            egress.payload_type,
+            NACK_HISTORY if video else 0,
+            SEGMENTING,
+        )
+        self.copier.last_seq = random.randrange(32768)  # lower half: avoids an early SRTP rollover
+        self.copier.last_ts = random.randrange(1 << 32)
         self._srtp = egress.srtp
-        self._protect = protect_rtp
-        self._protect_address = egress.srtp.protect_address
-        self._session_address = egress.srtp.session_address
+        self._ssrc = egress.ssrc
         self._send = egress.send
-        self._send_segments = egress.send_segments if GSO_AVAILABLE else None
-        self._pending: list[bytes] = []
         self.video = video
         self.clock_rate = clock_rate
-        self._history: list[bytes | None] | None = [None] * NACK_HISTORY if video else None
-        self._last_seq = random.randrange(32768)  # lower half: avoids an early SRTP rollover
-        self._last_ts = random.randrange(1 << 32)
-        self._seq_offset = 0
-        self._ts_offset = 0
         self._stopped_at: float | None = None
         self.resync = True
-        self.packets = 0
-        self.octets = 0
-        self.dropped = 0
+
+    @property
+    def packets(self) -> int:
+        return self.copier.packets
+
+    @property
+    def octets(self) -> int:
+        return self.copier.octets
+
+    @property
+    def dropped(self) -> int:
+        """Copies lost: too large, refused by libsrtp, or refused by the socket."""
+        return self.copier.dropped
+
+    @property
+    def segmenting(self) -> bool:
+        """Whether runs of copies still go out as segmented sends (the socket has not refused one)."""
+        return bool(self.copier.segmenting)
+
+    @property
+    def last_timestamp(self) -> int:
+        return self.copier.last_ts
 
     def restart(self) -> None:
         """The source changed publisher: continue after the last packet sent, from the next keyframe."""
@@ -181,86 +144,26 @@ class TrackSink:
 
     def rebase(self, seq: int, ts: int) -> None:
         """Map the source's numbering onto this stream's: the next packet follows the last one sent."""
+        copier = self.copier
         elapsed = 0.0 if self._stopped_at is None else time.monotonic() - self._stopped_at
-        gap = max(1, int(elapsed * self.clock_rate)) if self.packets else 0
-        self._seq_offset = (self._last_seq + 1 - seq) & 0xFFFF
-        self._ts_offset = (self._last_ts + gap - ts) & 0xFFFFFFFF
+        gap = max(1, int(elapsed * self.clock_rate)) if copier.packets else 0
+        copier.seq_offset = (copier.last_seq + 1 - seq) & 0xFFFF
+        copier.ts_offset = (copier.last_ts + gap - ts) & 0xFFFFFFFF
         self._stopped_at = None
         self.resync = False
 
-    def send(self, seq: int, ts: int, marker: int, payload: bytes) -> None:
-        """Rewrite and protect one packet (the caller has checked keyframe starts); ``flush`` sends it."""
-        seq = (seq + self._seq_offset) & 0xFFFF
-        ts = (ts + self._ts_offset) & 0xFFFFFFFF
-        packet = self._protect(
-            self._protect_address,
-            self._session_address,
-            self._template,
-            seq,
-            ts,
-            self._marker_pt if marker else self._pt,
-            payload,
-        )
-        if packet is None:  # too large, or refused by libsrtp
-            self.dropped += 1
-            return
-        self._pending.append(packet)
-        if self._history is not None:
-            self._history[seq % NACK_HISTORY] = packet
-        self._last_seq = seq
-        self._last_ts = ts
-        self.packets += 1
-        self.octets += len(payload)
-
     def flush(self) -> None:
-        """Send the packets protected since the last flush, runs of equal size as one segmented send."""
-        pending = self._pending
-        if not pending:
-            return
-        if len(pending) == 1 or self._send_segments is None:
-            for packet in pending:
-                self._send_one(packet)
-        else:
-            sizes = [len(packet) for packet in pending]
-            for start, end in segment_runs(sizes):
-                if end - start == 1 or self._send_segments is None:  # None: refused earlier in this flush
-                    for packet in pending[start:end]:
-                        self._send_one(packet)
-                else:
-                    self._send_run(pending[start:end], sizes[start])
-        pending.clear()
-
-    @property
-    def segmenting(self) -> bool:
-        """Whether runs of packets still go out as segmented sends (the socket has not refused one)."""
-        return self._send_segments is not None
-
-    def _send_one(self, packet: bytes) -> None:
-        try:
-            self._send(packet)
-        except OSError:  # socket buffer full, or the viewer's port closed: the packet is lost, as on a network
-            self.dropped += 1
-
-    def _send_run(self, run: list[bytes], size: int) -> None:
-        send_segments = self._send_segments
-        assert send_segments is not None
-        try:
-            send_segments(run, _gso_option(size))
-        except OSError as exc:
-            if exc.errno in GSO_REFUSED:
-                self._send_segments = None
-                for packet in run:
-                    self._send_one(packet)
-            else:
-                self.dropped += len(run)
+        """Send the copies made since the last flush, runs of equal size as one segmented send."""
+        self.copier.flush()
 
     def send_sender_report(self, now: float, sent_at: float, cname: str | None) -> None:
         """An RTCP sender report for this stream (with the CNAME), made at ``now``: the RTP timestamp of
         that instant is the last packet's (sent at ``sent_at``, both ``time.time()``) advanced by the time
         since, so the NTP time and the RTP timestamp name the same instant, by which a viewer aligns audio
         and video (RFC 3550 6.4.1)."""
-        rtp_now = self._last_ts + int(max(0.0, now - sent_at) * self.clock_rate)
-        report = sender_report(self._ssrc, ntp_time(now), rtp_now, self.packets, self.octets, cname)
+        copier = self.copier
+        rtp_now = copier.last_ts + int(max(0.0, now - sent_at) * self.clock_rate)
+        report = sender_report(self._ssrc, ntp_time(now), rtp_now, copier.packets, copier.octets, cname)
         try:
             self._send(self._srtp.protect_rtcp(report))
         except (OSError, pylibsrtp.Error):  # as for media: the report is lost, the next one follows
@@ -268,24 +171,7 @@ class TrackSink:
 
     def retransmit(self, sequence_numbers: list[int]) -> int:
         """Send again the packets a viewer reported lost, if still in history; returns how many."""
-        history = self._history
-        if history is None:
-            return 0
-        sent = 0
-        for seq in sequence_numbers:
-            packet = history[seq % NACK_HISTORY]
-            # An SRTP packet's header is in clear: its bytes 2-3 are the sequence number.
-            if packet is not None and (packet[2] << 8 | packet[3]) == seq:
-                try:
-                    self._send(packet)
-                    sent += 1
-                except OSError:
-                    self.dropped += 1
-        return sent
-
-    @property
-    def last_timestamp(self) -> int:
-        return self._last_ts
+        return self.copier.retransmit(sequence_numbers)
 
 
 class TrackSource:
@@ -299,6 +185,8 @@ class TrackSource:
         self.mime_type: str = codec.mimeType
         self.clock_rate: int = codec.clockRate
         self.sinks: list[TrackSink] = []
+        self._copiers: list[Copier] = []  # of the sinks that are not waiting for a keyframe
+        self._waiting = 0  # sinks that are
         self.stats = ForwardStats()
         self.media_ssrc: int | None = None
         self._is_keyframe: Callable[[bytes], bool] | None = (
@@ -317,11 +205,13 @@ class TrackSource:
 
     def connect_upstream(self, request_keyframe: Callable[[int], None], arrival: Callable[[], float]) -> None:
         """Bind the source to a (new) publisher; every sink resumes at that publisher's next keyframe."""
+        self.flush()  # the last publisher's packets still go out
         self._request_keyframe = request_keyframe
         self._arrival = arrival
         self.media_ssrc = None
         for sink in self.sinks:
             sink.restart()
+        self._sinks_changed()
         for outlet in self.outlets:
             outlet.restart(self.key)
 
@@ -332,6 +222,7 @@ class TrackSource:
 
     def add_sink(self, sink: TrackSink) -> None:
         self.sinks.append(sink)
+        self._sinks_changed()
         if self._is_keyframe is not None:
             self.request_keyframe()
 
@@ -339,6 +230,11 @@ class TrackSource:
         if sink in self.sinks:
             sink.flush()
             self.sinks.remove(sink)
+            self._sinks_changed()
+
+    def _sinks_changed(self) -> None:
+        self._copiers = [sink.copier for sink in self.sinks if not sink.resync]
+        self._waiting = len(self.sinks) - len(self._copiers)
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per 500 ms per track.
@@ -389,22 +285,18 @@ class TrackSource:
         """Forward one packet's payload to every sink (a media worker calls this for the packets it is handed)."""
         if self.media_ssrc is None:
             self.media_ssrc = ssrc
-            if any(sink.resync for sink in self.sinks) and self._is_keyframe is not None:
+            if self._waiting and self._is_keyframe is not None:
                 self.request_keyframe()
-        is_keyframe = self._is_keyframe
-        keyframe: bool | None = None
         start = time.time()
-        sent = 0
-        for sink in self.sinks:
-            if sink.resync:
-                if is_keyframe is not None:
-                    if keyframe is None:
-                        keyframe = is_keyframe(payload)
-                    if not keyframe:
-                        continue
-                sink.rebase(seq, ts)
-            sink.send(seq, ts, marker, payload)
-            sent += 1
+        if self._waiting and (self._is_keyframe is None or self._is_keyframe(payload)):
+            for sink in self.sinks:  # sinks waiting to start (or restart) do so on this packet
+                if sink.resync:
+                    sink.rebase(seq, ts)
+            self._sinks_changed()
+        copiers = self._copiers
+        sent = len(copiers)
+        if sent:
+            fan_out(copiers, seq, ts, marker, payload)
         self.last_forward = start
         stats = self.stats
         stats.packets_in += 1
@@ -431,8 +323,7 @@ class TrackSource:
         if not burst:
             return
         start = time.time()
-        for sink in self.sinks:
-            sink.flush()
+        flush_all(self._copiers)
         end = time.time()
         if self._observe is not None:
             for arrival in burst:

@@ -29,8 +29,6 @@ from aiortc import RTCPeerConnection, RTCRtpCodecParameters, RTCRtpReceiver, RTC
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import AnyRtcpPacket, RtcpByePacket, RtpPacket
 
-from live.media._rtp_protect import protect_rtp
-
 
 class PacketTap(Protocol):
     """Receives each RTP packet of a published track, in arrival order."""
@@ -139,10 +137,10 @@ SRTP_PROTECT_TYPE = "srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)"
 
 class SrtpWriter:
     """A pylibsrtp session as the forwarder uses it: the addresses of its libsrtp context and of
-    ``srtp_protect``, which ``live.media._rtp_protect`` calls for each viewer's copy of a packet.
+    ``srtp_protect``, which ``live/media/_copier.c`` calls for each viewer's copy of a packet.
 
     ``Session.protect`` takes several interpreter calls per packet (copies into and out of a cffi buffer,
-    a cffi call); the C function builds and protects a copy in one.
+    a cffi call); the C copier builds and protects a copy in one.
     """
 
     __slots__ = ("_session", "protect_address", "session_address")
@@ -156,11 +154,6 @@ class SrtpWriter:
         self._session = session  # keeps the context alive
         self.session_address = int(ffi.cast("uintptr_t", session._srtp[0]))
         self.protect_address = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
-
-    def protect(self, template: bytes, seq: int, timestamp: int, marker_pt: int, payload: bytes) -> bytes | None:
-        """The SRTP packet of an RTP header (``template`` with these fields written in) and ``payload``;
-        None if it is too large or libsrtp refused it."""
-        return protect_rtp(self.protect_address, self.session_address, template, seq, timestamp, marker_pt, payload)
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         """``packet`` (RTCP) protected with the same session."""
@@ -178,8 +171,8 @@ class Egress:
     mid_extension_id: int | None
     srtp: SrtpWriter
     send: Callable[[bytes], int]
-    #: ``sendmsg(buffers, ancillary)`` on the same socket: one call sends a run of segments (UDP GSO).
-    send_segments: Callable[[list[bytes], list[tuple[int, int, bytes]]], int]
+    #: The socket ``send`` belongs to (the copier sends the media on it).
+    sock: socket.socket
     address: tuple[str, int]
 
 
@@ -213,7 +206,7 @@ def egress_of(transceiver: RTCRtpTransceiver) -> Egress:
         mid_extension_id=mid_id,
         srtp=SrtpWriter(srtp),
         send=sock.send,
-        send_segments=sock.sendmsg,
+        sock=sock,
         address=address,
     )
 
