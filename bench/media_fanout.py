@@ -370,6 +370,8 @@ async def ramp_sfu(args: argparse.Namespace, work: Path, clip: Path) -> dict[str
                     "sent_ratio": round(packets_out / expected, 4) if expected else None,
                     "forward_p50_ms": after["forward_p50_ms"],
                     "forward_p99_ms": after["forward_p99_ms"],
+                    "wait_p99_ms": after.get("forward_wait_p99_ms"),
+                    "pass_p99_ms": after.get("forward_pass_p99_ms"),
                     "cpu_us_per_packet_per_viewer": round(cpu / packets_out * 1e6, 2) if packets_out else None,
                     "machine_busy": round((busy1 - busy0) / (total1 - total0), 2),
                     "system_share": round((system1 - system0) / cpu, 2) if cpu else None,

@@ -185,6 +185,7 @@ def create_app(settings: Settings) -> web.Application:
         republish_grace_s=settings.media_republish_grace_s,
         announce=publish,
         workers=settings.media_workers,
+        fanout_threads=settings.media_fanout_threads,
         name=settings.instance_id,
         log_level=settings.log_level,
     )

@@ -59,6 +59,7 @@ class Settings:
     log_level: str = "INFO"
     media_republish_grace_s: int = 15
     media_workers: int = 0
+    media_fanout_threads: int = 1
     ice_servers: tuple[str, ...] = ()
 
     @property
@@ -143,6 +144,7 @@ class Settings:
             ),
             "media_republish_grace_s": _int(env, "LIVE_MEDIA_REPUBLISH_GRACE_S", 15, 0, 600),
             "media_workers": _media_workers(env),
+            "media_fanout_threads": _int(env, "LIVE_MEDIA_FANOUT_THREADS", 1, 1, 64),
             "ice_servers": _ice_servers(env),
             "log_level": _choice(env, "LIVE_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         }

@@ -21,7 +21,7 @@ from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from pylibsrtp import Policy, Session
 
-from live.media._copier import Copier, fan_out
+from live.media._copier import Copier, send_burst
 from live.media.forwarding import TrackSink
 from live.media.internals import SO_TIMESTAMPNS, SrtpWriter, sender_cname
 from live.media.room import MediaRoom
@@ -84,16 +84,17 @@ def test_the_copier_protects_as_the_library_does() -> None:
         template = struct.pack("!BBHII", 0x80, 0, 0, 0, 0x1234)
         copier = Copier(template, writer.protect_address, writer.session_address, writer, tx, 96, 16, False)
         expected = []
+        burst = []
         for seq in range(5):
             payload = os.urandom(900)
-            fan_out([copier], seq, seq * 3000, seq % 2, payload)
+            burst.append((seq, seq * 3000, seq % 2, payload))
             expected.append(
                 theirs.protect(struct.pack("!BBHII", 0x80, 96 | (seq % 2) << 7, seq, seq * 3000, 0x1234) + payload)
             )
-        copier.flush()
+        send_burst([copier], burst)
         assert [rx.recv(2048) for _ in expected] == expected
         assert copier.retransmit([3]) == 1 and rx.recv(2048) == expected[3]
-        fan_out([copier], 5, 0, 0, bytes(2048))
+        send_burst([copier], [(5, 0, 0, bytes(2048))])
         assert copier.dropped == 1 and copier.packets == 5, "too large for one packet: dropped, not sent"
     finally:
         rx.close()

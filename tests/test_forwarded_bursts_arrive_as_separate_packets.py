@@ -1,6 +1,7 @@
 """A burst of packets forwarded together (a video frame) reaches each viewer's socket in a few segmented
 sends (UDP GSO): the viewer must still receive every packet as its own datagram, in order, byte for byte
 what packet-by-packet sending gives. A socket that refuses segmentation gets the same packets one by one.
+A pass over many viewers split over threads gives each viewer the same stream as one thread does.
 
 Real parts: loopback UDP sockets, the kernel's segmentation, SRTP sessions on both ends."""
 
@@ -18,7 +19,8 @@ from aiortc.rtp import RtpPacket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from live.media.forwarding import TrackInfo, TrackSink, TrackSource
+from live.media._copier import PARALLEL_MIN, split_passes
+from live.media.forwarding import TrackInfo, TrackSink, TrackSource, set_fanout_threads
 from live.media.internals import Egress, SrtpWriter
 
 KEY = os.urandom(30)
@@ -152,3 +154,41 @@ def test_a_sink_leaving_mid_burst_sends_what_it_was_given(refuse: bool) -> None:
             end.close()
 
     asyncio.run(leave_mid_burst())
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_pass_split_over_threads_gives_every_viewer_its_stream(threads: int) -> None:
+    async def forward_to_many() -> None:
+        ends = [ViewerEnd(refuse_segments=i % 5 == 0) for i in range(PARALLEL_MIN + 2)]
+        source = TrackSource(TrackInfo("s", "teacher", "camera", "video"), VP8)
+        set_fanout_threads(threads)
+        passes = split_passes()
+        for end in ends:
+            source.add_sink(end.sink)
+        sent = []
+        try:
+            keyframe = [payload(1100, keyframe=k == 0, fill=k) for k in range(40)] + [
+                payload(300, keyframe=False, fill=41)
+            ]
+            for seq, data in enumerate(keyframe):  # a keyframe: one pass, runs of equal sizes
+                source.forward(7, seq, 0, int(seq == len(keyframe) - 1), data)
+            source.flush()
+            sent += keyframe
+            for seq in range(len(keyframe), len(keyframe) + 20):  # then a pass per packet
+                data = payload(200 + seq, keyframe=False, fill=seq)
+                source.forward(7, seq, 3000 * seq, 1, data)
+                source.flush()
+                sent.append(data)
+            for end in ends:
+                got = end.received()
+                assert [p.payload for p in got] == sent and end.sink.dropped == 0
+                numbers = [p.sequence_number for p in got]
+                assert numbers == [(numbers[0] + k) & 0xFFFF for k in range(len(numbers))]
+            assert (split_passes() > passes) is (threads > 1), "many viewers: the pass is split over threads"
+        finally:
+            set_fanout_threads(1)
+            source.close()
+            for end in ends:
+                end.close()
+
+    asyncio.run(forward_to_many())

@@ -195,3 +195,11 @@ def test_the_worker_setting_takes_a_number_or_auto(tmp_path: Path) -> None:
     assert settings_from(tmp_path, LIVE_MEDIA_WORKERS="auto").media_workers == max(1, os.cpu_count() or 1)
     with pytest.raises(ConfigError, match="LIVE_MEDIA_WORKERS"):
         settings_from(tmp_path, LIVE_MEDIA_WORKERS="many")
+
+
+def test_the_fanout_threads_setting_is_bounded(tmp_path: Path) -> None:
+    assert settings_from(tmp_path).media_fanout_threads == 1
+    assert settings_from(tmp_path, LIVE_MEDIA_FANOUT_THREADS="4").media_fanout_threads == 4
+    for bad in ("0", "65", "all"):
+        with pytest.raises(ConfigError, match="LIVE_MEDIA_FANOUT_THREADS"):
+            settings_from(tmp_path, LIVE_MEDIA_FANOUT_THREADS=bad)

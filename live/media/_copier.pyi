@@ -3,6 +3,9 @@
 import socket
 from typing import Any
 
+#: Passes of fewer copies (copiers times packets) run in the calling thread alone.
+PARALLEL_MIN: int
+
 class Copier:
     """One viewer's outgoing stream of one track: its copies, counters and history."""
 
@@ -29,10 +32,13 @@ class Copier:
         history: int,
         segmenting: bool,
     ) -> None: ...
-    def flush(self) -> None: ...
     def retransmit(self, seqs: list[int], /) -> int: ...
 
-def fan_out(
-    copiers: list[Copier], seq: int, timestamp: int, marker: int, payload: bytes | bytearray | memoryview, /
-) -> None: ...
-def flush_all(copiers: list[Copier], /) -> None: ...
+def send_burst(copiers: list[Copier], packets: list[tuple[int, int, int, bytes]], /) -> None:
+    """Every copier's copy of each (sequence number, timestamp, marker, payload), sent."""
+
+def set_threads(threads: int, /) -> None:
+    """Threads per pass over many copiers, the calling one included."""
+
+def get_threads() -> int: ...
+def split_passes() -> int: ...

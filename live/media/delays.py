@@ -12,12 +12,16 @@ COPY_POINTS = 8  # a packet's copies go out in a row: each eighth of the row sta
 
 @dataclass(frozen=True)
 class DelayFigures:
-    """Percentiles in ms. ``p50``/``p99`` are over viewer copies, ``last_copy_p99`` over packets' last copy."""
+    """Percentiles in ms. ``p50``/``p99`` are over viewer copies, ``last_copy_p99`` over packets' last copy;
+    ``wait_p99`` over packets' waits from arrival until their fan-out began, ``pass_p99`` over the fan-outs'
+    durations (of all copies of a packet's burst)."""
 
     packets: int
     p50_ms: float | None
     p99_ms: float | None
     last_copy_p99_ms: float | None
+    wait_p99_ms: float | None = None
+    pass_p99_ms: float | None = None
 
 
 class ForwardDelays:
@@ -43,22 +47,31 @@ class ForwardDelays:
         since = time.time() - window_s if window_s is not None else float("-inf")
         copies: list[float] = []
         lasts: list[float] = []
+        waits: list[float] = []
+        spans: list[float] = []
         for i in range(count):
             if self._times[i] < since:
                 continue
             wait, span = self._waits[i], self._spans[i]
+            waits.append(wait)
+            spans.append(span)
             lasts.append(wait + span)
             copies.extend(wait + span * (k + 0.5) / COPY_POINTS for k in range(COPY_POINTS))
         if not lasts:
             return DelayFigures(0, None, None, None)
-        copies.sort()
-        lasts.sort()
         return DelayFigures(
             packets=len(lasts),
-            p50_ms=_ms(copies[len(copies) // 2]),
-            p99_ms=_ms(copies[min(len(copies) - 1, int(len(copies) * 0.99))]),
-            last_copy_p99_ms=_ms(lasts[min(len(lasts) - 1, int(len(lasts) * 0.99))]),
+            p50_ms=_quantile_ms(copies, 0.5),
+            p99_ms=_quantile_ms(copies, 0.99),
+            last_copy_p99_ms=_quantile_ms(lasts, 0.99),
+            wait_p99_ms=_quantile_ms(waits, 0.99),
+            pass_p99_ms=_quantile_ms(spans, 0.99),
         )
+
+
+def _quantile_ms(values: list[float], q: float) -> float:
+    values.sort()
+    return _ms(values[min(len(values) - 1, int(len(values) * q))])
 
 
 def _ms(seconds: float) -> float:

@@ -7,13 +7,15 @@ number and timestamp) and its mid extension and protects the packet with its SRT
 copies, their sends and the NACK history are C (``live/media/_copier.c``): one call makes every
 sink's copy of a packet, another sends them.
 
-Sinks send once the packets that arrived together are forwarded (``TrackSource.flush``, scheduled on
-the event loop). A publisher's pacer spaces a frame's packets by a few milliseconds, so that is mostly
-one packet; packets that queued up (a publisher without a pacer, a keyframe, a busy moment) reach each
-viewer's socket in as few sends as the kernel allows: a run of equal-sized packets is one ``sendmsg``
-with ``UDP_SEGMENT`` (UDP GSO, Linux 4.18+), which the kernel splits into datagrams. On the wire nothing
-changes; per packet per viewer it halves the kernel's send work, the largest part of a copy's cost, so
-forwarding gets cheaper as it falls behind. That is all the per-viewer work there is.
+A source collects the packets that arrive together and hands them to its sinks in one pass
+(``TrackSource.flush``, scheduled on the event loop). A publisher's pacer spaces a frame's packets by a
+few milliseconds, so that is mostly one packet; packets that queued up (a publisher without a pacer, a
+keyframe, a busy moment) reach each viewer's socket in as few sends as the kernel allows: a run of
+equal-sized packets is one ``sendmsg`` with ``UDP_SEGMENT`` (UDP GSO, Linux 4.18+), which the kernel
+splits into datagrams. On the wire nothing changes; per packet per viewer it halves the kernel's send
+work, the largest part of a copy's cost, so forwarding gets cheaper as it falls behind. With many sinks
+the pass is split over threads (``set_fanout_threads``), so a packet's last viewer gets it sooner. That is
+all the per-viewer work there is.
 
 A sink keeps its sequence numbers and timestamps continuous when its source's publisher reconnects or
 switches camera, so a viewer's decoder sees one stream. Video sinks start (and restart) on a keyframe.
@@ -35,14 +37,14 @@ import pylibsrtp
 from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
-from live.media._copier import Copier, fan_out, flush_all
+from live.media._copier import Copier, send_burst, set_threads
 from live.media.internals import Egress
 from live.media.rtp import keyframe_detector, mid_extension_block, ntp_time, sender_report
 
 NACK_HISTORY = 512  # packets per video sink: about 3 s of 1.2 Mbps video
 KEYFRAME_REQUEST_INTERVAL_S = 0.5
-#: A source sends what it has forwarded once this many packets wait (a keyframe's burst), or else once
-#: the packets that arrived together are all forwarded.
+#: A source sends what it has collected once this many packets wait (a keyframe's burst), or else once
+#: the packets that arrived together are all in.
 BURST_LIMIT = 32
 
 #: Runs of equal-sized copies go out as one segmented send (UDP GSO) where the kernel has it.
@@ -50,6 +52,12 @@ SEGMENTING = sys.platform == "linux"
 
 
 _source_keys = itertools.count(1)
+
+
+def set_fanout_threads(threads: int) -> None:
+    """How many threads share a pass over a source's sinks in this process (1: the event loop's alone).
+    Small passes run on the event loop's thread whatever this says."""
+    set_threads(threads)
 
 
 class Outlet(Protocol):
@@ -152,10 +160,6 @@ class TrackSink:
         self._stopped_at = None
         self.resync = False
 
-    def flush(self) -> None:
-        """Send the copies made since the last flush, runs of equal size as one segmented send."""
-        self.copier.flush()
-
     def send_sender_report(self, now: float, sent_at: float, cname: str | None) -> None:
         """An RTCP sender report for this stream (with the CNAME), made at ``now``: the RTP timestamp of
         that instant is the last packet's (sent at ``sent_at``, both ``time.time()``) advanced by the time
@@ -198,7 +202,8 @@ class TrackSource:
         self._last_keyframe_request = 0.0
         self.keyframe_interval_s = KEYFRAME_REQUEST_INTERVAL_S
         self._deferred: asyncio.TimerHandle | None = None
-        self._burst: list[float] = []  # arrival times of the packets protected for sinks but not yet sent
+        self._burst: list[tuple[int, int, int, bytes]] = []  # (seq, ts, marker, payload) not yet sent
+        self._arrivals: list[float] = []  # when each of them arrived
         self._flush_handle: asyncio.Handle | None = None
         self._arrival: Callable[[], float] = time.time
         self._observe: Callable[[float, float, float], None] | None = None
@@ -228,11 +233,11 @@ class TrackSource:
 
     def remove_sink(self, sink: TrackSink) -> None:
         if sink in self.sinks:
-            sink.flush()
             self.sinks.remove(sink)
             self._sinks_changed()
 
     def _sinks_changed(self) -> None:
+        self.flush()  # the packets collected so far go to the sinks there were when they arrived
         self._copiers = [sink.copier for sink in self.sinks if not sink.resync]
         self._waiting = len(self.sinks) - len(self._copiers)
 
@@ -287,24 +292,22 @@ class TrackSource:
             self.media_ssrc = ssrc
             if self._waiting and self._is_keyframe is not None:
                 self.request_keyframe()
-        start = time.time()
         if self._waiting and (self._is_keyframe is None or self._is_keyframe(payload)):
+            self.flush()  # sent with the numbering the sinks had when those packets came
             for sink in self.sinks:  # sinks waiting to start (or restart) do so on this packet
                 if sink.resync:
                     sink.rebase(seq, ts)
             self._sinks_changed()
-        copiers = self._copiers
-        sent = len(copiers)
-        if sent:
-            fan_out(copiers, seq, ts, marker, payload)
-        self.last_forward = start
+        sent = len(self._copiers)
+        self.last_forward = time.time()
         stats = self.stats
         stats.packets_in += 1
         stats.packets_out += sent
         if not sent:
             return
         burst = self._burst
-        burst.append(self._arrival())
+        burst.append((seq, ts, marker, payload))
+        self._arrivals.append(self._arrival())
         if len(burst) >= BURST_LIMIT:
             self.flush()
         elif self._flush_handle is None:
@@ -314,18 +317,19 @@ class TrackSource:
                 self.flush()
 
     def flush(self) -> None:
-        """Send every sink's waiting packets. Runs once the packets that arrived together are forwarded
-        (scheduled by ``forward``), so a frame's packets reach each viewer in one or a few sends."""
+        """Every sink's copies of the packets collected, sent. Runs once the packets that arrived together
+        are in (scheduled by ``forward``), so a frame's packets reach each viewer in one or a few sends."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         burst = self._burst
         if not burst:
             return
+        self._burst = []
         start = time.time()
-        flush_all(self._copiers)
+        send_burst(self._copiers, burst)
         end = time.time()
         if self._observe is not None:
-            for arrival in burst:
+            for arrival in self._arrivals:
                 self._observe(arrival, start, end)
-        burst.clear()
+        self._arrivals.clear()

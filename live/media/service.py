@@ -11,6 +11,7 @@ from typing import Any
 
 from live.media.delays import ForwardDelays
 from live.media.errors import MediaError
+from live.media.forwarding import set_fanout_threads
 from live.media.room import MediaRoom, local_viewer
 from live.media.viewer import LostHandler, OfferSender, ViewerPeer
 from live.media.workers import WorkerFigures, WorkerPool
@@ -37,6 +38,8 @@ class MediaFigures:
     forward_p50_ms: float | None
     forward_p99_ms: float | None
     forward_last_copy_p99_ms: float | None
+    forward_wait_p99_ms: float | None
+    forward_pass_p99_ms: float | None
     workers: tuple[WorkerFigures, ...] = ()
 
 
@@ -52,16 +55,22 @@ class MediaService:
         republish_grace_s: float = 15.0,
         announce: Announce | None = None,
         workers: int = 0,
+        fanout_threads: int = 1,
         name: str = "media",
         log_level: str = "INFO",
     ) -> None:
+        set_fanout_threads(fanout_threads)
         self.rooms: dict[str, MediaRoom] = {}
         self._announce = announce
         self._grace_s = republish_grace_s
         self.delays = ForwardDelays()
         self._task: asyncio.Task[None] | None = None
         self._closed_totals = (0, 0, 0)
-        self.workers = WorkerPool(workers, self.delays.observe, name=name, log_level=log_level) if workers > 0 else None
+        self.workers = (
+            WorkerPool(workers, self.delays.observe, name=name, log_level=log_level, fanout_threads=fanout_threads)
+            if workers > 0
+            else None
+        )
 
     async def start_workers(self) -> None:
         """Start the media worker processes, if any; returns when every one of them answers."""
@@ -223,6 +232,8 @@ class MediaService:
             forward_p50_ms=delays.p50_ms,
             forward_p99_ms=delays.p99_ms,
             forward_last_copy_p99_ms=delays.last_copy_p99_ms,
+            forward_wait_p99_ms=delays.wait_p99_ms,
+            forward_pass_p99_ms=delays.pass_p99_ms,
             workers=self.workers.figures() if self.workers is not None else (),
         )
 

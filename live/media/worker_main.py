@@ -25,7 +25,7 @@ from aiortc import RTCPeerConnection
 
 from live.logs import configure_logging
 from live.media.errors import MediaError
-from live.media.forwarding import TrackSource
+from live.media.forwarding import TrackSource, set_fanout_threads
 from live.media.ipc import KIND_PACKET, KIND_RESTART, MAX_DATAGRAM, MAX_LAG_S, PACKET, RESTART, Channel
 from live.media.viewer import Viewer, spread_sender_reports
 
@@ -266,7 +266,9 @@ def main() -> None:
     parser.add_argument("--data-fd", type=int, required=True)
     parser.add_argument("--name", default="media-worker")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--fanout-threads", type=int, default=1)
     args = parser.parse_args()
+    set_fanout_threads(args.fanout_threads)
     configure_logging(args.log_level, args.name)
     logging.getLogger("aioice").setLevel(logging.WARNING)  # a line per ICE check of every viewer
     control = socket.socket(fileno=args.control_fd)

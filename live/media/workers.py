@@ -171,6 +171,8 @@ class WorkerProcess:
             f"{self.pool.name}/media-{self.index}",
             "--log-level",
             self.pool.log_level,
+            "--fanout-threads",
+            str(self.pool.fanout_threads),
         ]
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -308,13 +310,20 @@ class WorkerPool:
     """``count`` worker processes, restarted when they die; places viewers on the least loaded one."""
 
     def __init__(
-        self, count: int, observe_delay: Callable[[float, float, float], None], *, name: str, log_level: str
+        self,
+        count: int,
+        observe_delay: Callable[[float, float, float], None],
+        *,
+        name: str,
+        log_level: str,
+        fanout_threads: int = 1,
     ) -> None:
         if count < 1:
             raise ValueError("a worker pool needs at least one worker")
         self.count = count
         self.name = name
         self.log_level = log_level
+        self.fanout_threads = fanout_threads
         self.observe_delay = observe_delay
         self.workers: list[WorkerProcess | None] = [None] * count
         self.restarts = [0] * count
