@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import os
 import socket
+import time
 
 import pylibsrtp
 import pytest
@@ -22,6 +23,8 @@ from hypothesis import strategies as st
 from live.media._copier import PARALLEL_MIN, split_passes
 from live.media.forwarding import TrackInfo, TrackSink, TrackSource, set_fanout_threads
 from live.media.internals import Egress, SrtpWriter
+from live.media.ipc import KIND_PACKET, PACKET
+from live.media.worker_main import MediaWorker
 
 KEY = os.urandom(30)
 PROFILE = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
@@ -156,35 +159,41 @@ def test_a_sink_leaving_mid_burst_sends_what_it_was_given(refuse: bool) -> None:
     asyncio.run(leave_mid_burst())
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-def test_a_pass_split_over_threads_gives_every_viewer_its_stream(threads: int) -> None:
+@pytest.mark.parametrize("thread_counts", [[1], [3, 2, 3]])
+def test_a_pass_split_over_threads_gives_every_viewer_its_stream(thread_counts: list[int]) -> None:
+    """Many viewers, so a pass is split over the threads asked for (the counts changed between passes):
+    each viewer still gets every packet once, in order, with its own continuous numbering."""
+
     async def forward_to_many() -> None:
         ends = [ViewerEnd(refuse_segments=i % 5 == 0) for i in range(PARALLEL_MIN + 2)]
         source = TrackSource(TrackInfo("s", "teacher", "camera", "video"), VP8)
-        set_fanout_threads(threads)
-        passes = split_passes()
         for end in ends:
             source.add_sink(end.sink)
-        sent = []
+        sent: list[bytes] = []
+        seq = 0
         try:
-            keyframe = [payload(1100, keyframe=k == 0, fill=k) for k in range(40)] + [
-                payload(300, keyframe=False, fill=41)
-            ]
-            for seq, data in enumerate(keyframe):  # a keyframe: one pass, runs of equal sizes
-                source.forward(7, seq, 0, int(seq == len(keyframe) - 1), data)
-            source.flush()
-            sent += keyframe
-            for seq in range(len(keyframe), len(keyframe) + 20):  # then a pass per packet
-                data = payload(200 + seq, keyframe=False, fill=seq)
-                source.forward(7, seq, 3000 * seq, 1, data)
+            for threads in thread_counts:
+                set_fanout_threads(threads)
+                passes = split_passes()
+                keyframe = [payload(1100, keyframe=k == 0, fill=seq + k) for k in range(40)]
+                keyframe.append(payload(300, keyframe=False, fill=seq + 40))
+                for k, data in enumerate(keyframe):  # a keyframe: one pass, runs of equal sizes
+                    source.forward(7, seq, 3000 * seq, int(k == len(keyframe) - 1), data)
+                    seq += 1
                 source.flush()
-                sent.append(data)
+                sent += keyframe
+                for _ in range(20):  # then a pass per packet
+                    data = payload(200 + seq, keyframe=False, fill=seq)
+                    source.forward(7, seq, 3000 * seq, 1, data)
+                    source.flush()
+                    sent.append(data)
+                    seq += 1
+                assert (split_passes() > passes) is (threads > 1), "many viewers: the pass is split over threads"
             for end in ends:
                 got = end.received()
                 assert [p.payload for p in got] == sent and end.sink.dropped == 0
                 numbers = [p.sequence_number for p in got]
                 assert numbers == [(numbers[0] + k) & 0xFFFF for k in range(len(numbers))]
-            assert (split_passes() > passes) is (threads > 1), "many viewers: the pass is split over threads"
         finally:
             set_fanout_threads(1)
             source.close()
@@ -192,3 +201,56 @@ def test_a_pass_split_over_threads_gives_every_viewer_its_stream(threads: int) -
                 end.close()
 
     asyncio.run(forward_to_many())
+
+
+def test_a_worker_forwards_each_datagram_it_reads_as_its_own_packet() -> None:
+    """A media worker reads the server's datagrams into one buffer, many per wakeup; the source sends
+    them once all are in, so each must keep its own bytes."""
+
+    async def read_three() -> None:
+        end = ViewerEnd(refuse_segments=False)
+        control, server_control = socket.socketpair()
+        data, server_data = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        data.setblocking(False)
+        worker = MediaWorker(control, data)
+        source = TrackSource(TrackInfo("s", "teacher", "camera", "video"), VP8, key=77)
+        source.add_sink(end.sink)
+        worker.mirrors[source.key] = source
+        try:
+            for k in range(3):
+                header = PACKET.pack(KIND_PACKET, source.key, time.time(), 0xABC, 0, 10 + k, 0)
+                server_data.send(header + payload(900, keyframe=k == 0, fill=k))
+            worker.read_packets()
+            await asyncio.sleep(0)  # the scheduled flush
+            assert [p.payload[2] for p in end.received()] == [0, 1, 2]
+        finally:
+            source.close()
+            end.close()
+            for sock in (control, server_control, data, server_data):
+                sock.close()
+
+    asyncio.run(read_three())
+
+
+def test_sender_reports_pair_the_time_of_a_pass_with_its_timestamps() -> None:
+    """A sender report names the last timestamp sent and when it was sent: a packet collected but not yet
+    sent changes neither."""
+
+    async def report_between() -> None:
+        end = ViewerEnd(refuse_segments=False)
+        source = TrackSource(TrackInfo("s", "teacher", "camera", "video"), VP8)
+        source.add_sink(end.sink)
+        try:
+            source.forward(1, 10, 3000, 1, payload(500, keyframe=True, fill=0))
+            source.flush()
+            sent_at, timestamp = source.last_forward, end.sink.last_timestamp
+            assert sent_at > 0
+            source.forward(1, 11, 6000, 1, payload(500, keyframe=False, fill=1))
+            assert (source.last_forward, end.sink.last_timestamp) == (sent_at, timestamp)
+            source.flush()
+            assert source.last_forward >= sent_at and end.sink.last_timestamp == (timestamp + 3000) & 0xFFFFFFFF
+        finally:
+            source.close()
+            end.close()
+
+    asyncio.run(report_between())

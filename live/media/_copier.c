@@ -81,7 +81,8 @@ typedef struct {
     unsigned long long octets;
     unsigned long long dropped;
     int segmenting;
-    int fd; /* looked up (with the GIL) before each send pass */
+    int in_pass; /* set while a pass holds it: a copier listed twice would be worked on by two threads */
+    int fd;      /* looked up (with the GIL) before each send pass */
     Py_ssize_t history_size;
     Copy **history; /* history_size slots, by sequence number; NULL when empty */
     Py_ssize_t pending_count;
@@ -163,15 +164,13 @@ static void flush(Copier *self) {
             uint16_t segment = (uint16_t)size;
             memcpy(CMSG_DATA(cmsg), &segment, sizeof(segment));
             if (sendmsg(self->fd, &msg, MSG_DONTWAIT) < 0) {
-                if (refused_segmenting(errno)) {
-                    /* An old kernel, a route whose MTU is below the segment size, a device without
-                     * checksum offload: this viewer gets packet by packet from now on. */
+                /* An old kernel, a route whose MTU is below the segment size, a device without checksum
+                 * offload: this viewer gets packet by packet from now on. Otherwise (a full socket
+                 * buffer) the run's packets are tried one by one: some may still fit. */
+                if (refused_segmenting(errno))
                     self->segmenting = 0;
-                    for (Py_ssize_t k = i; k < j; k++)
-                        send_one(self, self->pending[k]);
-                } else {
-                    self->dropped += (unsigned long long)(j - i);
-                }
+                for (Py_ssize_t k = i; k < j; k++)
+                    send_one(self, self->pending[k]);
             }
             i = j;
             continue;
@@ -321,8 +320,8 @@ static void stop_helpers(void) {
     pool.stopping = 0;
 }
 
-/* Helpers for `wanted` threads in this process; 0 when there are (or the pass runs alone). */
-static int ensure_helpers(void) {
+/* Helpers for `wanted` threads in this process, or as many as the system gives. */
+static void ensure_helpers(void) {
     pid_t pid = getpid();
     if (pool.running > 0 && pool.pid != pid) {
         /* A forked child: the parent's helpers do not exist here. The pool's lock was free at the fork,
@@ -333,7 +332,7 @@ static int ensure_helpers(void) {
         pthread_cond_init(&pool.done, NULL);
     }
     if (pool.running == pool.wanted - 1)
-        return 0;
+        return;
     stop_helpers();
     pool.pid = pid;
     pool.created_generation = pool.generation;
@@ -350,12 +349,15 @@ static int ensure_helpers(void) {
             pool.running++;
     }
     pthread_sigmask(SIG_SETMASK, &previous, NULL);
-    return failed ? -1 : 0;
+    if (failed)
+        pool.wanted = pool.running + 1; /* the threads the system gave: not asked again at every pass */
 }
 
 static void run_pass(const Pass *pass) {
-    if (pass->count < 2 || pass->count * pass->packet_count < PARALLEL_MIN || pool.wanted <= 1 ||
-        ensure_helpers() < 0 || pool.running == 0) {
+    int split = pass->count >= 2 && pass->count * pass->packet_count >= PARALLEL_MIN && pool.wanted > 1;
+    if (split)
+        ensure_helpers();
+    if (!split || pool.running == 0) {
         run_part(pass, 0, 1);
         return;
     }
@@ -519,8 +521,16 @@ static int as_uint(PyObject *value, unsigned long limit, unsigned int *out, cons
     return 0;
 }
 
-/* The initialised copiers of a list, borrowed (the list keeps them alive while the GIL is held); NULL with
- * an error set when the list holds anything else. */
+static void release_copiers(Copier **copiers, Py_ssize_t count) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        copiers[i]->in_pass = 0;
+        Py_DECREF(copiers[i]);
+    }
+    PyMem_Free(copiers);
+}
+
+/* The initialised copiers of a list, each with a reference held until release_copiers(); NULL with an
+ * error set when the list holds anything else, or a copier twice. */
 static Copier **copiers_of(PyObject *list, Py_ssize_t *count) {
     if (!PyList_Check(list)) {
         PyErr_SetString(PyExc_TypeError, "copiers must be a list");
@@ -534,12 +544,14 @@ static Copier **copiers_of(PyObject *list, Py_ssize_t *count) {
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(list, i);
-        if (!PyObject_TypeCheck(item, &CopierType) || ((Copier *)item)->template == NULL) {
-            PyMem_Free(copiers);
-            PyErr_SetString(PyExc_TypeError, "copiers must hold initialised Copier objects");
+        if (!PyObject_TypeCheck(item, &CopierType) || ((Copier *)item)->template == NULL ||
+            ((Copier *)item)->in_pass) {
+            release_copiers(copiers, i);
+            PyErr_SetString(PyExc_ValueError, "copiers must hold initialised Copier objects, each once");
             return NULL;
         }
-        copiers[i] = (Copier *)item;
+        copiers[i] = (Copier *)Py_NewRef(item);
+        copiers[i]->in_pass = 1;
     }
     *count = n;
     return copiers;
@@ -591,7 +603,7 @@ static PyObject *send_burst(PyObject *module, PyObject *const *args, Py_ssize_t 
         look_up_fd(pass.copiers[i]);
     if (n > 0)
         run_pass(&pass);
-    PyMem_Free(pass.copiers);
+    release_copiers(pass.copiers, pass.count);
     result = Py_NewRef(Py_None);
 done:
     for (Py_ssize_t i = 0; i < held; i++)

@@ -197,7 +197,7 @@ class TrackSource:
             keyframe_detector(codec.name) if info.kind == "video" else None
         )
         self._request_keyframe: Callable[[int], None] | None = None
-        #: When the last packet was forwarded (``time.time()``): the instant of sinks' sender reports.
+        #: When the last burst was sent (``time.time()``): the instant of sinks' sender reports.
         self.last_forward = 0.0
         self._last_keyframe_request = 0.0
         self.keyframe_interval_s = KEYFRAME_REQUEST_INTERVAL_S
@@ -287,7 +287,8 @@ class TrackSource:
         self.forward(packet.ssrc, packet.sequence_number, packet.timestamp, packet.marker, payload)
 
     def forward(self, ssrc: int, seq: int, ts: int, marker: int, payload: bytes) -> None:
-        """Forward one packet's payload to every sink (a media worker calls this for the packets it is handed)."""
+        """Forward one packet's payload to every sink (a media worker calls this for the packets it is handed).
+        It is sent with the packets that arrived with it, so ``payload`` must not change after the call."""
         if self.media_ssrc is None:
             self.media_ssrc = ssrc
             if self._waiting and self._is_keyframe is not None:
@@ -299,7 +300,6 @@ class TrackSource:
                     sink.rebase(seq, ts)
             self._sinks_changed()
         sent = len(self._copiers)
-        self.last_forward = time.time()
         stats = self.stats
         stats.packets_in += 1
         stats.packets_out += sent
@@ -322,14 +322,14 @@ class TrackSource:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        burst = self._burst
+        burst, arrivals = self._burst, self._arrivals
         if not burst:
             return
-        self._burst = []
+        self._burst, self._arrivals = [], []
         start = time.time()
         send_burst(self._copiers, burst)
         end = time.time()
+        self.last_forward = start  # with the sinks' last timestamps, which this pass set
         if self._observe is not None:
-            for arrival in self._arrivals:
+            for arrival in arrivals:
                 self._observe(arrival, start, end)
-        self._arrivals.clear()

@@ -81,7 +81,8 @@ class MediaWorker:
                         self.late_drops += 1
                         continue
                     self._arrival = arrival
-                    mirror.forward(ssrc, seq, ts, marker, view[PACKET.size : size])  # type: ignore[arg-type]
+                    # Its own bytes: the source sends a burst once it is all in, after this buffer is reused.
+                    mirror.forward(ssrc, seq, ts, marker, view[PACKET.size : size].tobytes())
             elif size >= RESTART.size and buffer[0] == KIND_RESTART:
                 self._restart(RESTART.unpack_from(buffer)[1])
 

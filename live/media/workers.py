@@ -55,7 +55,7 @@ class WorkerFigures:
     packets_out: int
     handover_drops: int  # packets not handed to the worker: its queue was full
     late_drops: int  # packets the worker received too late to forward
-    send_drops: int  # copies its current viewers' sockets refused (their send buffer was full)
+    send_drops: int  # copies to its current viewers lost: refused by their sockets, too large, or refused by libsrtp
 
 
 def describe(sources: dict[str, TrackSource]) -> list[tuple[int, Any, Any]]:
