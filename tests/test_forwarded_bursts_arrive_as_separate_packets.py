@@ -56,7 +56,6 @@ class ViewerEnd:
             mid="0",
             mid_extension_id=3,
             srtp=SrtpWriter(pylibsrtp.Session(policy=outbound)),
-            send=self.tx.send,
             sock=self.tx,
             address=self.rx.getsockname(),
         )

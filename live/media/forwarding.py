@@ -4,8 +4,8 @@ A ``TrackSource`` is one track a publisher sends (a camera, a microphone, a scre
 one viewer's outgoing stream bound to a source. For each packet the source hands the same payload to
 every sink; the sink writes its own 12-byte header (its SSRC, payload type and a continuous sequence
 number and timestamp) and its mid extension and protects the packet with its SRTP session. Those
-copies, their sends and the NACK history are C (``live/media/_copier.c``): one call makes every
-sink's copy of a packet, another sends them.
+copies, their sends and the NACK history are C (``live/media/_copier.c``): one call makes and sends
+every sink's copies of the packets that arrived together.
 
 A source collects the packets that arrive together and hands them to its sinks in one pass
 (``TrackSource.flush``, scheduled on the event loop). A publisher's pacer spaces a frame's packets by a
@@ -117,7 +117,7 @@ class TrackSink:
         self.copier.last_ts = random.randrange(1 << 32)
         self._srtp = egress.srtp
         self._ssrc = egress.ssrc
-        self._send = egress.send
+        self._send = egress.sock.send
         self.video = video
         self.clock_rate = clock_rate
         self._stopped_at: float | None = None

@@ -170,8 +170,7 @@ class Egress:
     mid: str | None
     mid_extension_id: int | None
     srtp: SrtpWriter
-    send: Callable[[bytes], int]
-    #: The socket ``send`` belongs to (the copier sends the media on it).
+    #: The viewer's ICE socket, connected to its address: media and sender reports go out on it.
     sock: socket.socket
     address: tuple[str, int]
 
@@ -205,7 +204,6 @@ def egress_of(transceiver: RTCRtpTransceiver) -> Egress:
         mid=transceiver.mid,
         mid_extension_id=mid_id,
         srtp=SrtpWriter(srtp),
-        send=sock.send,
         sock=sock,
         address=address,
     )
