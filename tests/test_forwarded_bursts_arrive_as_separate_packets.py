@@ -57,7 +57,6 @@ class ViewerEnd:
             mid_extension_id=3,
             srtp=SrtpWriter(pylibsrtp.Session(policy=outbound)),
             sock=self.tx,
-            address=self.rx.getsockname(),
         )
         self.sink = TrackSink(egress, video=True, clock_rate=90000)
 

@@ -630,12 +630,6 @@ static PyObject *set_threads(PyObject *module, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
-static PyObject *get_threads(PyObject *module, PyObject *unused) {
-    (void)module;
-    (void)unused;
-    return PyLong_FromLong(pool.wanted);
-}
-
 static PyObject *split_passes(PyObject *module, PyObject *unused) {
     (void)module;
     (void)unused;
@@ -645,7 +639,6 @@ static PyObject *split_passes(PyObject *module, PyObject *unused) {
 static PyMethodDef module_methods[] = {
     {"send_burst", (PyCFunction)(void (*)(void))send_burst, METH_FASTCALL, send_burst_doc},
     {"set_threads", (PyCFunction)set_threads, METH_O, set_threads_doc},
-    {"get_threads", (PyCFunction)get_threads, METH_NOARGS, "Threads per pass over many copiers."},
     {"split_passes", (PyCFunction)split_passes, METH_NOARGS, "Passes split over threads so far."},
     {NULL, NULL, 0, NULL},
 };

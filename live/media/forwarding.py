@@ -27,7 +27,6 @@ import asyncio
 import itertools
 import random
 import struct
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,9 +45,6 @@ KEYFRAME_REQUEST_INTERVAL_S = 0.5
 #: A source sends what it has collected once this many packets wait (a keyframe's burst), or else once
 #: the packets that arrived together are all in.
 BURST_LIMIT = 32
-
-#: Runs of equal-sized copies go out as one segmented send (UDP GSO) where the kernel has it.
-SEGMENTING = sys.platform == "linux"
 
 
 _source_keys = itertools.count(1)
@@ -111,7 +107,7 @@ class TrackSink:
             egress.sock,
             egress.payload_type,
             NACK_HISTORY if video else 0,
-            SEGMENTING,
+            True,  # runs of equal-sized copies as one segmented send (UDP GSO), where the kernel has it
         )
         self.copier.last_seq = random.randrange(32768)  # lower half: avoids an early SRTP rollover
         self.copier.last_ts = random.randrange(1 << 32)
@@ -126,10 +122,6 @@ class TrackSink:
     @property
     def packets(self) -> int:
         return self.copier.packets
-
-    @property
-    def octets(self) -> int:
-        return self.copier.octets
 
     @property
     def dropped(self) -> int:
@@ -210,13 +202,12 @@ class TrackSource:
 
     def connect_upstream(self, request_keyframe: Callable[[int], None], arrival: Callable[[], float]) -> None:
         """Bind the source to a (new) publisher; every sink resumes at that publisher's next keyframe."""
-        self.flush()  # the last publisher's packets still go out
         self._request_keyframe = request_keyframe
         self._arrival = arrival
         self.media_ssrc = None
         for sink in self.sinks:
             sink.restart()
-        self._sinks_changed()
+        self._sinks_changed()  # the last publisher's packets still go out first
         for outlet in self.outlets:
             outlet.restart(self.key)
 

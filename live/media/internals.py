@@ -172,7 +172,6 @@ class Egress:
     srtp: SrtpWriter
     #: The viewer's ICE socket, connected to its address: media and sender reports go out on it.
     sock: socket.socket
-    address: tuple[str, int]
 
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -205,7 +204,6 @@ def egress_of(transceiver: RTCRtpTransceiver) -> Egress:
         mid_extension_id=mid_id,
         srtp=SrtpWriter(srtp),
         sock=sock,
-        address=address,
     )
 
 
