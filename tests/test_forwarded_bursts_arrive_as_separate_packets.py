@@ -8,10 +8,12 @@ Real parts: loopback UDP sockets, the kernel's segmentation, SRTP sessions on bo
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 import socket
 import time
+import weakref
 
 import pylibsrtp
 import pytest
@@ -20,7 +22,7 @@ from aiortc.rtp import RtpPacket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from live.media._copier import PARALLEL_MIN, split_passes
+from live.media._copier import PARALLEL_MIN, Copier, send_burst, split_passes
 from live.media.forwarding import TrackInfo, TrackSink, TrackSource, set_fanout_threads
 from live.media.internals import Egress, SrtpWriter
 from live.media.ipc import KIND_PACKET, PACKET
@@ -252,3 +254,46 @@ def test_sender_reports_pair_the_time_of_a_pass_with_its_timestamps() -> None:
             end.close()
 
     asyncio.run(report_between())
+
+
+def test_a_burst_with_a_marker_that_is_not_an_int_is_refused_before_anything_runs() -> None:
+    """The copier reads the burst's list without Python code running in between: a marker whose truth
+    would run code (and could empty the list under it) is refused, and nothing is sent."""
+    viewer = ViewerEnd(refuse_segments=False)
+    packets: list[tuple[int, int, object, bytes]] = []
+
+    class Emptying:
+        def __bool__(self) -> bool:
+            packets.clear()
+            return True
+
+    try:
+        packets += [(1, 10, Emptying(), b"x" * 100), (2, 10, 1, b"y" * 100)]
+        with pytest.raises(TypeError, match="marker"):
+            send_burst([viewer.sink.copier], packets)
+        assert len(packets) == 2 and viewer.sink.packets == 0 and viewer.received() == []
+        send_burst([viewer.sink.copier], [(3, 10, True, b"z" * 100)])  # a bool is an int
+        [got] = viewer.received()
+        assert got.marker == 1 and got.payload == b"z" * 100
+    finally:
+        viewer.close()
+
+
+def test_a_copier_in_a_reference_cycle_is_collected() -> None:
+    """A Copier keeps its owner and socket alive; the garbage collector sees those references, so a cycle
+    through a copier is freed."""
+
+    class Owner:
+        copier: Copier | None = None
+
+    viewer = ViewerEnd(refuse_segments=False)
+    try:
+        owner = Owner()
+        copier = Copier(b"\x80" + bytes(11), 1, 1, owner, viewer.tx, 96, 0, False)
+        owner.copier = copier
+        gone = weakref.ref(owner)
+        del owner, copier
+        gc.collect()
+        assert gone() is None
+    finally:
+        viewer.close()

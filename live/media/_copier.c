@@ -99,6 +99,10 @@ static void release_pending(Copier *self) {
 
 /* The viewer's socket descriptor into self->fd, or -1 (no Python error left set) when it is closed. */
 static void look_up_fd(Copier *self) {
+    if (self->sock == NULL) { /* cleared by the garbage collector */
+        self->fd = -1;
+        return;
+    }
     int fd = PyObject_AsFileDescriptor(self->sock);
     if (fd < 0)
         PyErr_Clear();
@@ -106,7 +110,9 @@ static void look_up_fd(Copier *self) {
 }
 
 static int refused_segmenting(int error) {
-    return error == EINVAL || error == EIO || error == ENOPROTOOPT || error == EOPNOTSUPP;
+    /* EMSGSIZE: a segment larger than the route's MTU (newer kernels; older ones say EINVAL). The route of
+     * a viewer's connected socket does not change, so neither would the answer. */
+    return error == EINVAL || error == EIO || error == ENOPROTOOPT || error == EOPNOTSUPP || error == EMSGSIZE;
 }
 
 static void send_one(Copier *self, Copy *copy) {
@@ -165,7 +171,7 @@ static void flush(Copier *self) {
             memcpy(CMSG_DATA(cmsg), &segment, sizeof(segment));
             if (sendmsg(self->fd, &msg, MSG_DONTWAIT) < 0) {
                 /* An old kernel, a route whose MTU is below the segment size, a device without checksum
-                 * offload: this viewer gets packet by packet from now on. Otherwise (a full socket
+                 * offload (refused_segmenting): this viewer gets packet by packet from now on. Otherwise (a full socket
                  * buffer) the run's packets are tried one by one: some may still fit. */
                 if (refused_segmenting(errno))
                     self->segmenting = 0;
@@ -187,7 +193,7 @@ static void flush(Copier *self) {
 static void copy_packet(Copier *self, unsigned int seq, unsigned int ts, int marker, const unsigned char *payload,
                         Py_ssize_t payload_len) {
     Py_ssize_t header_len = self->header_length;
-    if (header_len + payload_len + SRTP_TRAILER_ROOM > PACKET_BUFFER) {
+    if (self->session == NULL || header_len + payload_len + SRTP_TRAILER_ROOM > PACKET_BUFFER) {
         self->dropped++;
         return;
     }
@@ -381,19 +387,19 @@ static void run_pass(const Pass *pass) {
 /* Copier(template, protect, session, owner, sock, payload_type, history, segmenting) */
 static int Copier_init(Copier *self, PyObject *args, PyObject *kwds) {
     PyObject *template, *protect, *session, *owner, *sock;
-    unsigned int payload_type;
+    int payload_type;
     Py_ssize_t history;
     int segmenting;
     static char *keywords[] = {"template", "protect", "session", "owner", "sock",
                                "payload_type", "history", "segmenting", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SOOOOInp", keywords, &template, &protect, &session, &owner,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "SOOOOinp", keywords, &template, &protect, &session, &owner,
                                      &sock, &payload_type, &history, &segmenting))
         return -1;
     if (PyBytes_GET_SIZE(template) < RTP_HEADER) {
         PyErr_SetString(PyExc_ValueError, "template is shorter than an RTP header");
         return -1;
     }
-    if (payload_type > 127 || history < 0 || history > 65536) {
+    if (payload_type < 0 || payload_type > 127 || history < 0 || history > 65536) {
         PyErr_SetString(PyExc_ValueError, "payload_type or history out of range");
         return -1;
     }
@@ -425,7 +431,7 @@ static int Copier_init(Copier *self, PyObject *args, PyObject *kwds) {
     self->sock = Py_NewRef(sock);
     self->protect = protect_ptr;
     self->session = session_ptr;
-    self->payload_type = payload_type;
+    self->payload_type = (unsigned int)payload_type;
 #ifdef __linux__
     self->segmenting = segmenting;
 #else
@@ -434,7 +440,22 @@ static int Copier_init(Copier *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
+static int Copier_traverse(Copier *self, visitproc visit, void *arg) {
+    Py_VISIT(self->owner);
+    Py_VISIT(self->sock);
+    return 0;
+}
+
+/* Breaks a reference cycle: the copier then copies nothing (its libsrtp session may be gone). */
+static int Copier_clear(Copier *self) {
+    self->session = NULL;
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->sock);
+    return 0;
+}
+
 static void Copier_dealloc(Copier *self) {
+    PyObject_GC_UnTrack(self);
     release_pending(self);
     if (self->history != NULL) {
         for (Py_ssize_t i = 0; i < self->history_size; i++)
@@ -442,8 +463,7 @@ static void Copier_dealloc(Copier *self) {
         PyMem_Free(self->history);
     }
     Py_XDECREF(self->template);
-    Py_XDECREF(self->owner);
-    Py_XDECREF(self->sock);
+    Copier_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -501,7 +521,9 @@ static PyTypeObject CopierType = {
     .tp_doc = PyDoc_STR("One viewer's outgoing stream of one track: its copies, counters and history."),
     .tp_basicsize = sizeof(Copier),
     .tp_itemsize = 0,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)Copier_traverse,
+    .tp_clear = (inquiry)Copier_clear,
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Copier_init,
     .tp_dealloc = (destructor)Copier_dealloc,
@@ -569,7 +591,11 @@ static PyObject *send_burst(PyObject *module, PyObject *const *args, Py_ssize_t 
         PyErr_SetString(PyExc_TypeError, "send_burst takes 2 arguments");
         return NULL;
     }
-    if (!PyList_Check(args[1]) || PyList_GET_SIZE(args[1]) > BURST_MAX) {
+    if (!PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "packets must be a list");
+        return NULL;
+    }
+    if (PyList_GET_SIZE(args[1]) > BURST_MAX) {
         PyErr_Format(PyExc_ValueError, "packets must be a list of at most %d", BURST_MAX);
         return NULL;
     }
@@ -587,8 +613,15 @@ static PyObject *send_burst(PyObject *module, PyObject *const *args, Py_ssize_t 
         Packet *packet = &packets[held];
         if (as_uint(seq, 0xFFFFUL, &packet->seq, "seq") < 0 || as_uint(ts, 0xFFFFFFFFUL, &packet->ts, "timestamp") < 0)
             goto done;
-        packet->marker = PyObject_IsTrue(marker);
-        if (packet->marker < 0 || PyObject_GetBuffer(payload, &payloads[held], PyBUF_SIMPLE) < 0)
+        /* An int, not any object's truth (__bool__): no Python code may run while this loop reads the list. */
+        if (!PyLong_Check(marker)) {
+            PyErr_SetString(PyExc_TypeError, "a packet's marker is an int");
+            goto done;
+        }
+        int overflow = 0;
+        long flag = PyLong_AsLongAndOverflow(marker, &overflow); /* an int's own value: runs no Python code */
+        packet->marker = flag != 0 || overflow != 0;
+        if (PyObject_GetBuffer(payload, &payloads[held], PyBUF_SIMPLE) < 0)
             goto done;
         packet->payload = (const unsigned char *)payloads[held].buf;
         packet->payload_len = payloads[held].len;
