@@ -270,7 +270,7 @@ def test_a_burst_with_a_marker_that_is_not_an_int_is_refused_before_anything_run
     try:
         packets += [(1, 10, Emptying(), b"x" * 100), (2, 10, 1, b"y" * 100)]
         with pytest.raises(TypeError, match="marker"):
-            send_burst([viewer.sink.copier], packets)
+            send_burst([viewer.sink.copier], packets)  # type: ignore[arg-type]  # what is refused
         assert len(packets) == 2 and viewer.sink.packets == 0 and viewer.received() == []
         send_burst([viewer.sink.copier], [(3, 10, True, b"z" * 100)])  # a bool is an int
         [got] = viewer.received()
