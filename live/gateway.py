@@ -61,6 +61,8 @@ class Session:
     joined: bool = False
     tokens: float = 0.0
     refilled: float = field(default_factory=time.monotonic)
+    #: When this connection was last told it is rate limited (told at most once a second without an ack).
+    told_limited: float = 0.0
 
 
 Handler = Callable[[Session, Any], Awaitable[dict[str, Any]]]
@@ -189,7 +191,13 @@ class SocketGateway:
 
     async def on_unknown(self, event: str, sid: str, *_: Any) -> Any:
         self.metrics.events_in.labels("unknown").inc()
-        return self._answer_error(sid, event, RoomError("unknown_event", f"no such event: {event[:64]}"))
+        try:
+            session = self.sessions.get(sid)
+            if session is not None:
+                self._take_event_token(session)  # unknown events count against the limit like any other
+            raise RoomError("unknown_event", f"no such event: {event[:64]}")
+        except RoomError as exc:
+            return self._answer_error(sid, event, exc)
 
     # inbound events: limits, validation and error mapping, then the handler
     def _guarded(
@@ -249,7 +257,15 @@ class SocketGateway:
         self.metrics.events_rejected.labels(event if event in self._known_events else "unknown", error.code).inc()
         if ACK_REQUESTED.get():
             return {"ok": False, "error": error.to_dict()}
-        self._spawn(self.sio.emit("error", {**error.to_dict(), "event": event[:64]}, to=sid))
+        if error.code == "rate_limited":
+            # A flood of events without acks gets one answer a second, not one per event.
+            session = self.sessions.get(sid)
+            now = time.monotonic()
+            if session is not None and now - session.told_limited < 1.0:
+                return None
+            if session is not None:
+                session.told_limited = now
+        self.sio.broadcast("error", {**error.to_dict(), "event": event[:64]}, sid)
         return None
 
     # handlers
@@ -391,8 +407,11 @@ class SocketGateway:
         else:
             await self._deliver_versions(pub, split)
         if pub.type == "member.removed":
-            sids = self.presence.local_sids(room_id, pub.data.get("user_id"))
+            user_id = pub.data.get("user_id")
+            sids = self.presence.local_sids(room_id, user_id)
             await self._close(sids, "removed", {"reason": pub.data.get("reason", "")})
+            if isinstance(user_id, str):
+                self._spawn(self.router.drop_member(room_id, user_id))  # WHEP/WHIP sessions have no socket
         elif pub.type == "room.status" and pub.data.get("status") == "ended":
             await self._close(self.presence.local_sids(room_id), None, {})
             self._spawn(self.router.end_room(room_id))

@@ -25,6 +25,7 @@ STATUS_OF_CODE = {
     "bad_sdp": 400,
     "unauthorized": 401,
     "forbidden": 403,
+    "banned": 403,
     "not_found": 404,
     "room_not_found": 404,
     "conflict": 409,

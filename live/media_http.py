@@ -19,7 +19,7 @@ from live.media.schemas import MAX_SDP_CHARS
 from live.media.service import MediaService
 from rooms.errors import RoomError
 from rooms.identity import Identity
-from rooms.service import RoomService, RoomStatus
+from rooms.service import RoomService
 
 SDP = "application/sdp"
 
@@ -78,10 +78,8 @@ class MediaHttp:
         except UnicodeDecodeError:
             raise MediaError("bad_sdp", "the offer is not UTF-8 text") from None
 
-    async def _open_room(self, room_id: str) -> None:
-        room = await self.rooms.require(room_id)
-        if room.status is RoomStatus.ENDED:
-            raise RoomError("room_ended", "this lesson has ended")
+    async def _open_room(self, who: Identity) -> None:
+        await self.rooms.require_admitted(who)  # exists, not ended, the user not removed from it
 
     def _created(self, request: web.Request, kind: str, session: str, answer: str) -> web.Response:
         location = f"/{kind}/{request.match_info['room']}/{session}"
@@ -98,7 +96,7 @@ class MediaHttp:
         if not who.grants.publish:
             raise RoomError("forbidden", "your token does not allow publishing media")
         offer = await self._offer(request)
-        await self._open_room(who.room_id)
+        await self._open_room(who)
         session = "whip-" + secrets.token_urlsafe(12)
         answer = await self.router.publish(who, "main", offer, owner_key=session)
         return self._created(request, "whip", session, answer)
@@ -107,7 +105,7 @@ class MediaHttp:
         """Watch the room's current tracks."""
         who = await self._caller(request)
         offer = await self._offer(request)
-        await self._open_room(who.room_id)
+        await self._open_room(who)
         session = "whep-" + secrets.token_urlsafe(12)
         answer = await self.router.answer_viewer(who, session, offer)
         return self._created(request, "whep", session, answer)

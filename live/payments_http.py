@@ -13,6 +13,7 @@ from live.http_util import error_response
 from rooms.errors import RoomError
 
 MAX_WEBHOOK_BYTES = 64 * 1024
+WEBHOOK_CALL_TIMEOUT_S = 10.0
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -69,13 +70,33 @@ class PaymentRoutes:
             return _page("<h1>No such checkout</h1>", status=404)
         body = provider.completed_event(checkout["id"])
         headers = {provider.header: sign(provider.secret, body, int(time.time())), "Content-Type": "application/json"}
-        # Over HTTP to our own webhook, exactly as a provider calls it.
-        url = f"{request.url.origin()}/api/payments/sandbox/webhook"
-        async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as r:
-            if r.status != 200:
-                raise RoomError("unavailable", "the payment could not be completed; nothing was charged")
+        # Over HTTP to our own webhook, exactly as a provider calls it: at the address this request came in
+        # on (our own listening socket), never at the Host header's, which the client chooses.
+        url = f"{_own_origin(request)}/api/payments/sandbox/webhook"
+        timeout = aiohttp.ClientTimeout(total=WEBHOOK_CALL_TIMEOUT_S)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.post(url, data=body, headers=headers, allow_redirects=False) as r,
+            ):
+                if r.status != 200:
+                    raise RoomError("unavailable", "the payment could not be completed; nothing was charged")
+        except (aiohttp.ClientError, TimeoutError):
+            raise RoomError("unavailable", "the payment could not be completed; nothing was charged") from None
         done = "Order paid" if checkout.get("order_id") else "Coins added"
         return _page(f'<h1>Paid</h1><p data-testid="sandbox-done">{done}. You can close this tab.</p>')
+
+
+def _own_origin(request: web.Request) -> str:
+    """``http://host:port`` of the socket this request arrived on."""
+    transport = request.transport
+    sockname = transport.get_extra_info("sockname") if transport is not None else None
+    if not isinstance(sockname, tuple) or len(sockname) < 2:
+        raise RoomError("unavailable", "the payment could not be completed; nothing was charged")
+    host, port = str(sockname[0]), int(sockname[1])
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _page(body: str, status: int = 200) -> web.Response:

@@ -25,6 +25,7 @@ pyproject.toml and ``tests/test_socketio_internals.py`` fails loudly if an upgra
 
 from __future__ import annotations
 
+import json
 from contextvars import ContextVar
 from typing import Any
 
@@ -41,6 +42,9 @@ ACK_REQUESTED: ContextVar[bool] = ContextVar("ack_requested", default=False)
 PACKET_SIZE: ContextVar[int] = ContextVar("packet_size", default=0)
 NAMESPACE = "/"
 SLOW_CONSUMER_BYTES = 1 << 20
+#: Packets waiting in a socket's engineio queue past which it is cut off as a slow consumer: engineio's
+#: writer stops at the transport's high-water mark, so a client that never reads grows the queue instead.
+SLOW_CONSUMER_PACKETS = 1000
 
 
 def websocket_text_frame(payload: bytes) -> bytes:
@@ -98,7 +102,14 @@ class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         # Handlers run in tasks created from here, which copy this context.
         PACKET_SIZE.set(len(data) if isinstance(data, str | bytes) else 0)
-        await super()._handle_eio_message(eio_sid, data)
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except json.JSONDecodeError:
+            # Only decoding raises this here (handlers run in their own tasks): the packet is dropped, and
+            # its sender told, since without its ack id it cannot be answered.
+            sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+            if sid is not None:
+                self.broadcast("error", {"code": "invalid", "message": "a packet that is not JSON was dropped"}, sid)
 
     async def _handle_event_internal(  # type: ignore[no-untyped-def]
         self, server, sid, eio_sid, data, namespace, id
@@ -152,9 +163,11 @@ class ClassroomSocketServer(socketio.AsyncServer):  # type: ignore[misc]
             if buffered == 0 and sock.queue.empty():
                 transport.write(frame)
                 return
-            if buffered > SLOW_CONSUMER_BYTES:
+            if buffered > SLOW_CONSUMER_BYTES or sock.queue.qsize() >= SLOW_CONSUMER_PACKETS:
                 transport.abort()
                 return
+        elif sock.queue.qsize() >= SLOW_CONSUMER_PACKETS:
+            return  # long-polling that stopped polling: engineio's ping timeout closes it
         sock.queue.put_nowait(queued)
 
 

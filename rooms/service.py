@@ -150,6 +150,14 @@ class RoomService:
         check_admission(room, banned)
         return room
 
+    async def require_admitted(self, identity: Identity) -> Room:
+        """The token's room if it exists and admits the token's user (not ended, not removed from it)."""
+        room, banned = await self._room_and_ban(identity.room_id, identity.user_id)
+        if room is None:
+            raise RoomError("room_not_found", "this room does not exist")
+        check_admission(room, banned)
+        return room
+
     async def _room_and_ban(self, room_id: str, user_id: str) -> tuple[Room | None, bool]:
         """One round trip at connect time: the room, and whether this user is banned from it."""
         r, b = tables.rooms, tables.room_bans

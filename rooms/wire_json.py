@@ -4,6 +4,7 @@ strings, as the standard library's do; integers must fit in 64 bits (every paylo
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -17,8 +18,34 @@ def dumps(value: Any) -> str:
 
 
 def loads(text: str | bytes) -> Any:
-    """The value of a JSON text."""
-    return orjson.loads(text)
+    """The value of a JSON text. A string with an unpaired surrogate escape (``"\\ud83d"``: what a browser's
+    ``JSON.stringify`` writes for half an emoji, say text cut at a length limit) gets U+FFFD in its place,
+    where orjson refuses the whole text. Raises ``json.JSONDecodeError`` (a ``ValueError``) for what is not
+    JSON, NaN and Infinity included."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_int=_int64_or_float)
+        return _repaired(value)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
+def _int64_or_float(digits: str) -> int | float:
+    number = int(digits)
+    return number if -(1 << 63) <= number < 1 << 64 else float(number)  # as orjson reads them
+
+
+def _repaired(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_repaired(v) for v in value]
+    if isinstance(value, dict):
+        return {_repaired(k): _repaired(v) for k, v in value.items()}
+    return value
 
 
 def plain(value: Any) -> Any:

@@ -70,8 +70,11 @@ class Publisher:
         if not self.tracks:
             raise MediaError("bad_sdp", f"the offer sends nothing a {self.stream} stream carries")
         answer_as_dtls_server(self.pc)
-        answer = await self.pc.createAnswer()
-        await self.pc.setLocalDescription(answer)
+        try:
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+        except Exception as exc:  # e.g. two media sections with one mid: aiortc's answer does not match
+            raise MediaError("bad_sdp", f"cannot answer this offer: {exc}") from None
         self.arrival.attach(self.tracks[0].transceiver.receiver)
         return str(self.pc.localDescription.sdp)
 

@@ -15,6 +15,9 @@ from live.media.viewer import LostHandler, OfferSender, Viewer, ViewerPeer, spre
 
 log = logging.getLogger(__name__)
 
+#: Viewers one user may have in a room at once (tabs, WHEP sessions); a new one ends their oldest.
+VIEWERS_PER_USER = 5
+
 #: Creates a viewer for a room: ``make(room, viewer_id, user_id, send_offer, on_lost)``.
 ViewerFactory = Callable[["MediaRoom", str, str, OfferSender | None, LostHandler | None], Awaitable[ViewerPeer]]
 
@@ -167,6 +170,7 @@ class MediaRoom:
         if self.closed:
             raise MediaError("not_live", "this room's media has ended")
         await self.leave(viewer_id)
+        await self._make_room_for(user_id)
         viewer = await self._make_viewer(self, viewer_id, user_id, send_offer, on_lost)
         if self.closed:
             await viewer.close()
@@ -182,6 +186,7 @@ class MediaRoom:
             raise MediaError("not_live", "this room's media has ended")
         if not self.sources:
             raise MediaError("not_live", "nobody is publishing in this room")
+        await self._make_room_for(user_id)
         viewer = await self._make_viewer(self, viewer_id, user_id, None, None)
         if self.closed:
             await viewer.close()
@@ -200,6 +205,20 @@ class MediaRoom:
         if viewer is None:
             raise MediaError("invalid_state", "send media:watch first")
         await viewer.accept_answer(answer_sdp)
+
+    async def _make_room_for(self, user_id: str) -> None:
+        """A user has at most ``VIEWERS_PER_USER`` viewers (tabs, WHEP sessions): the oldest go first, so a
+        client that reconnects without ending its last session is never refused, and one that opens
+        sessions in a loop holds no more than that."""
+        mine = [v.viewer_id for v in self.viewers.values() if v.user_id == user_id]
+        for viewer_id in mine[: max(0, len(mine) - VIEWERS_PER_USER + 1)]:
+            await self.leave(viewer_id)
+
+    async def drop_member(self, user_id: str) -> None:
+        """A member removed from the room: their viewers and streams end now."""
+        for viewer_id in [v.viewer_id for v in self.viewers.values() if v.user_id == user_id]:
+            await self.leave(viewer_id)
+        await self.unpublish(user_id)
 
     async def leave(self, viewer_id: str) -> bool:
         viewer = self.viewers.pop(viewer_id, None)

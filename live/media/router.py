@@ -209,6 +209,11 @@ class MediaRouter:
     def note_stage(self, room_id: str, users: list[str]) -> None:
         self._stage_seen[room_id] = list(users)
 
+    async def drop_member(self, room_id: str, user_id: str) -> None:
+        """A member was removed (every instance hears it): where the room's media is, theirs ends."""
+        if room_id in self.media.rooms:
+            await self.media.drop_member(room_id, user_id)
+
     async def end_room(self, room_id: str) -> None:
         self._stage_seen.pop(room_id, None)
         if room_id in self.media.rooms:

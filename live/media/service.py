@@ -121,6 +121,17 @@ class MediaService:
             await self._stage_changed(room)
         return sorted(room.stage)
 
+    async def drop_member(self, room_id: str, user_id: str) -> None:
+        """``user_id`` was removed from the room: their viewers and streams here end, and they leave the stage."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        await room.drop_member(user_id)
+        if user_id in room.stage:
+            room.stage.discard(user_id)
+            await self._stage_changed(room)
+        self._drop_if_idle(room)
+
     async def remove_from_stage(self, who: Identity, user_id: str) -> list[str]:
         """Staff send a student back to the audience (or a student leaves the stage): their tracks stop
         for every viewer at once."""

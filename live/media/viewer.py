@@ -31,6 +31,9 @@ from live.media.internals import (
 
 log = logging.getLogger(__name__)
 
+#: Seconds a viewer has to connect after it was created; then it counts as failed and is closed.
+CONNECT_DEADLINE_S = 30
+
 
 def capability_of(source: TrackSource) -> RTCRtpCodecCapability:
     codec = source.codec
@@ -105,6 +108,12 @@ class Viewer:
         self._sources: dict[str, TrackSource] = {}
         self.pc.on("connectionstatechange", self._state_changed)
         self.on_failed: Callable[[Any], None] | None = None
+        try:
+            self._deadline: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+                CONNECT_DEADLINE_S, self._connect_deadline
+            )
+        except RuntimeError:  # no event loop (a unit test): nothing to wait for
+            self._deadline = None
 
     @property
     def closed(self) -> bool:
@@ -263,14 +272,28 @@ class Viewer:
     async def _state_changed(self) -> None:
         state = self.pc.connectionState
         if state == "connected":
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
             self._activate_all()
         elif state in ("failed", "closed") and not self._closed and self.on_failed is not None:
+            self.on_failed(self)
+
+    def _connect_deadline(self) -> None:
+        # An offer answered but never connected (its ICE never completes, and aiortc never calls that
+        # failed) would hold its peer connection, sockets and slots for good: it counts as failed.
+        self._deadline = None
+        if not self._closed and self.on_failed is not None:
+            log.info("media: viewer %s not connected after %d s; closing it", self.viewer_id, CONNECT_DEADLINE_S)
             self.on_failed(self)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         for slot in self.slots:
             self._unbind(slot)
         # Shielded: aiortc's close() awaits a future shared by every caller, which a cancelled caller
