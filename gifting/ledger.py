@@ -57,6 +57,8 @@ RETRIES = 5
 DAY_MS = 86_400_000
 #: Kinds of account locked before the checks when touched (their owner's balance is shown and checked).
 LOCKED_FIRST = frozenset({"wallet", "held"})
+#: Kinds of operation an admin reversal may undo: coins given in a room, and coins credited.
+REVERSIBLE = frozenset({"gift", "tip", "paid_message", "topup"})
 
 #: Publishes one room event: (room id, type, data).
 Publisher = Callable[[str, str, dict[str, Any]], Awaitable[None]]
@@ -137,18 +139,21 @@ class Ledger:
             while self._queue:
                 batch, self._queue = self._queue[:BATCH_MAX], self._queue[BATCH_MAX:]
                 try:
-                    await self._commit_batch(batch)
-                except Exception as exc:
-                    if len(batch) > 1 and isinstance(exc, (SQLAlchemyError, _GuardsPartlyApplied)):
+                    try:
+                        await self._commit_batch(batch)
+                    except Exception as exc:
+                        if not (len(batch) > 1 and isinstance(exc, (SQLAlchemyError, _GuardsPartlyApplied))):
+                            raise
                         # Something the checks did not foresee: apply them one by one, so only the
                         # operation at fault fails.
                         log.warning("ledger batch of %d failed (%s); applying one by one", len(batch), exc)
                         for one in batch:
-                            await self._commit_batch([one], raise_errors=False)
-                    else:
-                        for p in batch:
-                            if not p.future.done():
-                                p.future.set_exception(exc)
+                            if not one.future.done():
+                                await self._commit_batch([one], raise_errors=False)
+                except Exception as exc:  # whatever happened, no submitter is left waiting
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
         finally:
             self._writer = None
 
@@ -165,7 +170,8 @@ class Ledger:
             except RowsRefused as refused:
                 # Rolled back: refuse those operations and apply the others again.
                 for index, reason in refused.refused.items():
-                    batch[index].future.set_exception(reason)
+                    if not batch[index].future.done():  # (a submitter that gave up: cancelled)
+                        batch[index].future.set_exception(reason)
                 batch = [p for i, p in enumerate(batch) if i not in refused.refused]
                 if not batch:
                     return
@@ -173,11 +179,14 @@ class Ledger:
             except _GuardsPartlyApplied as partly:
                 if len(batch) > 1:
                     raise
-                batch[0].future.set_exception(partly.error)
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(partly.error)
                 return
             except DBAPIError as exc:
                 attempt += 1
-                if attempt < RETRIES and _retryable(exc):
+                # Once more after a unique violation: another instance may have committed one of these
+                # keys meanwhile, which the next attempt finds and answers as a replay.
+                if attempt < RETRIES and (_retryable(exc) or (attempt == 1 and isinstance(exc, IntegrityError))):
                     await asyncio.sleep(0.005 * 2 ** (attempt - 1))
                     continue
                 if raise_errors:
@@ -300,6 +309,8 @@ class Ledger:
                 spent[plan.spender] = spent.get(plan.spender, 0) + debited
                 writes.spend(plan.spender, debited)
             self._close_hold_in_memory(plan, holds, now, writes)
+            for row in reversals.get(plan.reverse_of or "", []):
+                row["reversed"] = True  # a second reversal in this batch is refused like a later one
             known[plan.key] = (digest, writes.operations[-1]["result"])
             outcomes.append(Outcome(result))
         if writes.operations:
@@ -429,6 +440,10 @@ class Ledger:
             rows = reversals.get(plan.reverse_of)
             if not rows:
                 raise _Refused(RoomError("not_found", "no such operation"))
+            if any(r["kind"] not in REVERSIBLE for r in rows):
+                # Orders are refunded (their status and ceiling move with the money); holds are captured,
+                # voided or expire: reversing their transfers would leave those records wrong.
+                raise _Refused(RoomError("not_reversible", f"a {rows[0]['kind']} is not corrected by reversal"))
             if any(r["reversed"] for r in rows):
                 raise _Refused(RoomError("already_reversed", "this operation was reversed already"))
             return [Leg(r["credit"], r["debit"], int(r["amount"])) for r in rows]
@@ -465,36 +480,59 @@ class Ledger:
     async def _announce(self) -> None:
         """Publish this writer's committed outbox rows (one per batch and room): per room, everything
         committed in the last ``ANNOUNCE_EVERY_S`` goes as one ``money`` room event (thousands of gifts a
-        second would otherwise be thousands of deliveries per member); then the rows are marked published."""
+        second would otherwise be thousands of deliveries per member). Rows are claimed before they are
+        published, as the outbox relay claims them, so a row is never published by both; the rows of a room
+        whose publishing failed are released for the relay."""
         assert self.publisher is not None
         try:
             while self._unpublished:
                 await asyncio.sleep(ANNOUNCE_EVERY_S)
                 rows, self._unpublished = self._unpublished, []
+                claimed = await self._claim([r["id"] for r in rows])
                 by_room: dict[str, list[dict[str, Any]]] = {}
                 for row in rows:
-                    by_room.setdefault(row["room_id"], []).append(row)
-                done: list[str] = []
+                    if row["id"] in claimed:
+                        by_room.setdefault(row["room_id"], []).append(row)
+                failed: list[str] = []
                 for room_id, room_rows in by_room.items():
                     events = [e for r in room_rows for e in r["events"]]
                     try:
                         await self.publisher(room_id, "money", money_event(events))
                     except Exception:
                         log.exception("money events of room %s not published; the outbox relay retries", room_id)
-                        continue
-                    done.extend(r["id"] for r in room_rows)
-                await self._mark_published(done)
+                        failed.extend(r["id"] for r in room_rows)
+                if failed:
+                    await self._release(failed)
         finally:
             self._announcer = None
 
-    async def _mark_published(self, ids: list[str]) -> None:
+    async def _claim(self, ids: list[str]) -> set[str]:
+        """Mark these outbox rows published, those nobody has claimed yet; returns their ids."""
+        o = t.outbox
+        claimed: set[str] = set()
+        try:
+            async with self._transaction() as conn:
+                for i in range(0, len(ids), 500):
+                    result = await conn.execute(
+                        update(o)
+                        .where(o.c.id.in_(ids[i : i + 500]), o.c.published_at.is_(None))
+                        .values(published_at=now_ms())
+                        .returning(o.c.id)
+                    )
+                    claimed.update(r[0] for r in result)
+        except SQLAlchemyError:
+            log.exception("outbox rows not claimed; the outbox relay publishes them")
+            return set()
+        return claimed
+
+    async def _release(self, ids: list[str]) -> None:
         o = t.outbox
         try:
             async with self._transaction() as conn:
                 for i in range(0, len(ids), 500):
-                    await conn.execute(update(o).where(o.c.id.in_(ids[i : i + 500])).values(published_at=now_ms()))
+                    await conn.execute(update(o).where(o.c.id.in_(ids[i : i + 500])).values(published_at=None))
         except SQLAlchemyError:
-            log.exception("outbox rows published but not marked; the relay may publish them again")
+            log.exception("outbox rows not released; their money events are lost to the room")
 
     async def publish_outbox(self, older_than_ms: int = 0) -> int:
         """Publish outbox rows not yet published (after a commit; and periodically, for rows a crash

@@ -397,6 +397,7 @@ class OrderService:
             actor_name=order["buyer_name"],
             room_id=order["room_id"],
             legs=self._legs(order, acct.wallet(order["buyer"])),
+            spender=order["buyer"],  # a purchase counts against the buyer's spending caps
             guards=claims,  # the coupon claim: a row of this buyer's
             result={"order": order["id"]},
         )
@@ -521,6 +522,8 @@ class OrderService:
         plan_key = f"refund:{order_id}:{key}"
         done = await self.ledger.result_of(plan_key)
         if done is not None:  # this refund was made: the same answer, nothing refunded twice
+            if amount_minor is not None and amount_minor != done.get("amount_minor"):
+                raise RoomError("idempotency_mismatch", "this idempotency key was used for a different refund")
             return {"order": public(order), "refund": done.get("refund"), "replayed": True}
         reason = reason.strip()
         if not 1 <= len(reason) <= 500:

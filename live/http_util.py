@@ -33,6 +33,7 @@ STATUS_OF_CODE = {
     "not_live": 409,
     "invalid_state": 409,
     "idempotency_mismatch": 409,
+    "not_reversible": 409,
     "insufficient_funds": 409,
     "already_reversed": 409,
     "refund_exceeds_paid": 409,

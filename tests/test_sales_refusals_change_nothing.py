@@ -127,6 +127,14 @@ async def test_sales_refusals_have_codes_and_change_nothing(start_app: AppFactor
             assert not answer["ok"] and answer["error"]["code"] == code, (event, payload, answer)
             assert await everything(services) == before, (event, payload, "wrote something")
 
+        # A wallet purchase is spending: the buyer's own cap holds for it as for a gift.
+        assert (await ana.call("wallet:limits", {"per_transfer": 100}))["ok"]
+        before = await everything(services)
+        capped = await ana.call("course:buy", buy("go101", "k8"))
+        assert capped["error"]["code"] == "cap_reached", capped
+        assert await everything(services) == before
+        assert (await ana.call("wallet:limits", {}))["ok"]
+
         # A coupon whose threshold the price does not reach.
         small = (
             await teacher.call(
@@ -159,6 +167,12 @@ async def test_sales_refusals_have_codes_and_change_nothing(start_app: AppFactor
             "order:refund", {"order_id": order["id"], "reason": "goodwill", "key": "r5", "amount_minor": 700}
         )
         assert part["ok"] and part["order"]["refunded_minor"] == 700 and part["order"]["status"] == "paid"
+        before = await everything(services)
+        reused = await teacher.call(
+            "order:refund", {"order_id": order["id"], "reason": "goodwill", "key": "r5", "amount_minor": 800}
+        )
+        assert reused["error"]["code"] == "idempotency_mismatch", "the key of a refund of 700 is not one of 800"
+        assert await everything(services) == before
         rest = await admin(
             url, "POST", f"/api/orders/{order['id']}/refund", {"reason": "closing", "idempotency_key": "r6"}, expect=201
         )
