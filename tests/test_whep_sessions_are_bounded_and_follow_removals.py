@@ -102,6 +102,24 @@ async def test_viewers_that_never_connect_are_closed_and_each_user_has_five_at_m
             await close_all(publisher)
 
 
+async def test_a_player_that_offers_video_only_gets_video(start_app: AppFactory) -> None:
+    url, services = await start_app()
+    await create_room(url, ROOM)
+    async with aiohttp.ClientSession() as http:
+        publisher = await publishing(http, url, services)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            status, _ = await post(http, f"{url}/whep/{ROOM}", token(ROOM, "s1"), str(pc.localDescription.sdp))
+            assert status == 201
+            [viewer] = services.media.rooms[ROOM].viewers.values()
+            assert [slot.kind for slot in viewer.slots] == ["video"]
+        finally:
+            await pc.close()
+            await close_all(publisher)
+
+
 async def test_an_offer_that_cannot_be_answered_is_a_400(start_app: AppFactory) -> None:
     url, services = await start_app()
     await create_room(url, ROOM)

@@ -133,11 +133,20 @@ class Viewer:
         return out
 
     # binding sources to slots
-    def _bind(self, sources: dict[str, TrackSource]) -> bool:
-        """Match sources to slots; returns whether new transceivers (a renegotiation) are needed.
+    def _bind(self, sources: dict[str, TrackSource], room_for: dict[str, int] | None = None) -> bool:
+        """Match sources to slots; returns whether new transceivers (a renegotiation) are needed. With
+        ``room_for`` (a WHEP offer's media sections by kind), at most that many sources of each kind.
 
         A viewer is never sent its own user's tracks (a teacher watching students on stage)."""
         sources = {k: s for k, s in sources.items() if s.info.user_id != self.user_id}
+        if room_for is not None:
+            taken = dict.fromkeys(room_for, 0)
+            kept: dict[str, TrackSource] = {}
+            for source_id, source in sorted(sources.items()):
+                if taken.get(source.info.kind, 0) < room_for.get(source.info.kind, 0):
+                    taken[source.info.kind] += 1
+                    kept[source_id] = source
+            sources = kept
         self._sources = dict(sources)
         wanted = set(sources)
         for slot in self.slots:
@@ -236,8 +245,10 @@ class Viewer:
 
     # negotiation, viewer side offering (WHEP)
     async def answer_offer(self, offer_sdp: str, sources: dict[str, TrackSource]) -> str:
-        """Answer a viewer's offer (WHEP): its receive-only sections get the room's current tracks."""
-        self._bind(sources)
+        """Answer a viewer's offer (WHEP): its receive-only sections get the room's current tracks, as many
+        of each kind as it offers sections for (a player that offers video only gets no audio)."""
+        sections = [line.split(" ", 1)[0][2:] for line in offer_sdp.splitlines() if line.startswith("m=")]
+        self._bind(sources, {kind: sections.count(kind) for kind in ("audio", "video")})
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             answer_as_dtls_server(self.pc)
