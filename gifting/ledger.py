@@ -158,57 +158,63 @@ class Ledger:
             self._writer = None
 
     async def _commit_batch(self, batch: list[_Pending], raise_errors: bool = True) -> None:
-        attempt = 0
-        while attempt < RETRIES:
-            try:
-                outcomes, writes = await self._in_transaction(batch)
-                # Committed: accounts only ever credited are not read before they are written, so
-                # remember which exist.
-                if len(self._accounts_seen) < 100_000:
-                    self._accounts_seen.update(a for a in writes.deltas if acct.kind_of(a) not in LOCKED_FIRST)
-                break
-            except RowsRefused as refused:
-                # Rolled back: refuse those operations and apply the others again.
-                for index, reason in refused.refused.items():
-                    if not batch[index].future.done():  # (a submitter that gave up: cancelled)
-                        batch[index].future.set_exception(reason)
-                batch = [p for i, p in enumerate(batch) if i not in refused.refused]
-                if not batch:
-                    return
-                continue
-            except _GuardsPartlyApplied as partly:
-                if len(batch) > 1:
-                    raise
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(partly.error)
-                return
-            except DBAPIError as exc:
-                attempt += 1
-                # Once more after a unique violation: another instance may have committed one of these
-                # keys meanwhile, which the next attempt finds and answers as a replay.
-                if attempt < RETRIES and (_retryable(exc) or (attempt == 1 and isinstance(exc, IntegrityError))):
-                    await asyncio.sleep(0.005 * 2 ** (attempt - 1))
+        # Refusals by rows are answered once the rest of the batch is committed: a request refused because
+        # its twin (the same key, sent twice at once) is in the batch then finds the twin's order stored.
+        refused_first: list[tuple[_Pending, RoomError]] = []
+        try:
+            attempt = 0
+            while attempt < RETRIES:
+                try:
+                    outcomes, writes = await self._in_transaction(batch)
+                    # Committed: accounts only ever credited are not read before they are written, so
+                    # remember which exist.
+                    if len(self._accounts_seen) < 100_000:
+                        self._accounts_seen.update(a for a in writes.deltas if acct.kind_of(a) not in LOCKED_FIRST)
+                    break
+                except RowsRefused as refused:
+                    # Rolled back: refuse those operations and apply the others again.
+                    refused_first.extend((batch[index], reason) for index, reason in refused.refused.items())
+                    batch = [p for i, p in enumerate(batch) if i not in refused.refused]
+                    if not batch:
+                        return
                     continue
-                if raise_errors:
-                    raise
-                error: Exception = exc
-                if isinstance(exc, IntegrityError):
-                    error = RoomError("conflict", "this conflicts with what the ledger holds; nothing was written")
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(error)
-                return
-        for p, outcome in zip(batch, outcomes, strict=True):
-            if p.future.done():
-                continue
-            if isinstance(outcome, RoomError):
-                p.future.set_exception(outcome)
-            else:
-                p.future.set_result(outcome)
-        if writes.announce:
-            self._unpublished.extend(writes.announce)
-            if self._announcer is None and self.publisher is not None:
-                self._announcer = asyncio.create_task(self._announce(), name="ledger-announcer")
+                except _GuardsPartlyApplied as partly:
+                    if len(batch) > 1:
+                        raise
+                    if not batch[0].future.done():
+                        batch[0].future.set_exception(partly.error)
+                    return
+                except DBAPIError as exc:
+                    attempt += 1
+                    # Once more after a unique violation: another instance may have committed one of these
+                    # keys meanwhile, which the next attempt finds and answers as a replay.
+                    if attempt < RETRIES and (_retryable(exc) or (attempt == 1 and isinstance(exc, IntegrityError))):
+                        await asyncio.sleep(0.005 * 2 ** (attempt - 1))
+                        continue
+                    if raise_errors:
+                        raise
+                    error: Exception = exc
+                    if isinstance(exc, IntegrityError):
+                        error = RoomError("conflict", "this conflicts with what the ledger holds; nothing was written")
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(error)
+                    return
+            for p, outcome in zip(batch, outcomes, strict=True):
+                if p.future.done():
+                    continue
+                if isinstance(outcome, RoomError):
+                    p.future.set_exception(outcome)
+                else:
+                    p.future.set_result(outcome)
+            if writes.announce:
+                self._unpublished.extend(writes.announce)
+                if self._announcer is None and self.publisher is not None:
+                    self._announcer = asyncio.create_task(self._announce(), name="ledger-announcer")
+        finally:
+            for pending, reason in refused_first:
+                if not pending.future.done():  # (a submitter that gave up: cancelled)
+                    pending.future.set_exception(reason)
 
     async def _in_transaction(self, batch: list[_Pending]) -> tuple[list[Outcome | RoomError], BatchWrites]:
         """Apply the batch in one transaction in the writer thread, whose round trips (several per statement
