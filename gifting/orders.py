@@ -42,7 +42,7 @@ from gifting.policy import SalesPolicy
 from gifting.pricing import Quote, quote
 from gifting.sales import Publisher, SalesService, sale_is_open
 from gifting.seat_gate import SeatGate, Take
-from rooms.engine import now_ms
+from rooms.engine import EngineUnavailable, now_ms
 from rooms.errors import RoomError, forbidden
 from rooms.identity import Identity
 from rooms.service import Room, RoomStatus
@@ -145,6 +145,8 @@ class OrderService:
         )
         self._webhook_row = insert(t.host_webhooks)
         self._sellable_reads: dict[tuple[str, str], asyncio.Future[Course]] = {}
+        #: Seats of expired orders the gate could not take back (Redis was down): given back next round.
+        self._give_back_later: set[tuple[str, str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._key_lookups: list[tuple[str, str, asyncio.Future[dict[str, Any] | None]]] = []
         self._key_reader: asyncio.Task[None] | None = None
@@ -478,11 +480,25 @@ class OrderService:
                     select(o).where(o.c.status == "pending", o.c.expires_at <= now_ms()).limit(limit)
                 )
             ]
+        for sale_id, buyer, room_id in list(self._give_back_later):
+            await self._give_back(sale_id, buyer, room_id)
         expired = 0
         for order in due:
             if await self._expire(order):
                 expired += 1
         return expired
+
+    async def _give_back(self, sale_id: str, buyer: str, room_id: str) -> None:
+        """The gate's seat of an order that ended unpaid; kept for the next round if Redis is down (the SQL
+        seat count, the truth, was given back already)."""
+        try:
+            await self.gate.give_back(sale_id, buyer)
+        except EngineUnavailable:
+            log.warning("seat of %s in sale %s not given back to the gate yet; retrying", buyer, sale_id)
+            self._give_back_later.add((sale_id, buyer, room_id))
+            return
+        self._give_back_later.discard((sale_id, buyer, room_id))
+        self.sales.seats_changed(room_id, sale_id)
 
     async def _expire(self, order: dict[str, Any]) -> bool:
         o, s, c, cc = t.orders, t.flash_sales, t.courses, t.coupon_claims
@@ -502,8 +518,7 @@ class OrderService:
             )
             await conn.execute(update(cc).where(cc.c.order_id == order["id"]).values(order_id=None))
         if order["sale_id"] is not None:
-            await self.gate.give_back(order["sale_id"], order["buyer"])
-            self.sales.seats_changed(order["room_id"], order["sale_id"])
+            await self._give_back(order["sale_id"], order["buyer"], order["room_id"])
         await self._announce({**order, "status": "expired", "closed_at": now})
         return True
 
