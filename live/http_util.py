@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from rooms.engine import EngineUnavailable
-from rooms.errors import RoomError
+from rooms.errors import RoomError, rate_limited
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +116,23 @@ def csv_safe(row: dict[str, Any]) -> dict[str, Any]:
     """Neutralise spreadsheet formulas in text that users wrote (CSV injection, OWASP)."""
     risky = ("=", "+", "-", "@", "\t", "\r")
     return {k: "'" + v if isinstance(v, str) and v[:1] in risky else v for k, v in row.items()}
+
+
+class RequestBuckets:
+    """Token buckets by key (a user, say): ``take(key)`` refuses with ``rate_limited`` once a key has used its
+    burst faster than ``rate_per_s`` refills it. Keys idle long enough to be full again are forgotten."""
+
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate, self.burst = rate_per_s, burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
+
+    def take(self, key: str) -> None:
+        now = time.monotonic()
+        tokens, when = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - when) * self.rate)
+        if tokens < 1.0:
+            raise rate_limited(int((1.0 - tokens) / self.rate * 1000) + 1)
+        self._buckets[key] = (tokens - 1.0, now)
+        if len(self._buckets) > 10_000:
+            full_after = self.burst / self.rate
+            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < full_after}

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from live.auth import TokenError, check_basic_auth, verify_token
 from live.config import Settings
+from live.http_util import RequestBuckets
 from live.media.errors import MediaError
 from live.media.router import MediaRouter
 from live.media.schemas import MAX_SDP_CHARS
@@ -22,6 +23,8 @@ from rooms.identity import Identity
 from rooms.service import RoomService
 
 SDP = "application/sdp"
+REQUESTS_PER_S = 1.0
+REQUEST_BURST = 10
 
 
 class MediaHttp:
@@ -32,6 +35,8 @@ class MediaHttp:
         self.media = media
         self.router = router
         self.rooms = rooms
+        #: WHIP and WHEP requests per user (a room behind one school's address is many users).
+        self.requests = RequestBuckets(REQUESTS_PER_S, REQUEST_BURST)
 
     def add_routes(self, app: web.Application) -> None:
         for kind in ("whip", "whep"):
@@ -63,6 +68,7 @@ class MediaHttp:
             raise RoomError("unauthorized", str(exc)) from None
         if who.room_id != request.match_info["room"]:
             raise RoomError("forbidden", "this token is for another room")
+        self.requests.take(f"{who.room_id}/{who.user_id}")
         return who
 
     async def _offer(self, request: web.Request) -> str:

@@ -1,6 +1,7 @@
 """WHEP and WHIP sessions have no socket, so their limits are their own: a member removed from the room
 is refused (403 ``banned``) and loses the sessions they had; a viewer that never connects is closed after
-``CONNECT_DEADLINE_S``; one user holds at most ``VIEWERS_PER_USER`` viewers (a new one ends their oldest);
+``CONNECT_DEADLINE_S``; one user holds at most ``VIEWERS_PER_USER`` viewers (a new one ends their oldest)
+and sends WHEP requests at a bounded rate;
 an offer aiortc cannot answer is a 400, not a 500. The sandbox checkout's Pay calls our webhook on our
 own socket, whatever Host header the browser sent.
 
@@ -13,6 +14,7 @@ import aiohttp.web
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 
+from live import media_http
 from live.app import Services
 from live.media import room as media_room
 from live.media import viewer as media_viewer
@@ -117,6 +119,21 @@ async def test_a_player_that_offers_video_only_gets_video(start_app: AppFactory)
             assert [slot.kind for slot in viewer.slots] == ["video"]
         finally:
             await pc.close()
+            await close_all(publisher)
+
+
+async def test_whep_requests_are_rate_limited_per_user(start_app: AppFactory) -> None:
+    url, services = await start_app()
+    await create_room(url, ROOM)
+    async with aiohttp.ClientSession() as http:
+        publisher = await publishing(http, url, services)
+        try:
+            sdp = await whep_offer()
+            statuses = [(await post(http, f"{url}/whep/{ROOM}", token(ROOM, "s3"), sdp))[0] for _ in range(12)]
+            assert statuses[: media_http.REQUEST_BURST] == [201] * media_http.REQUEST_BURST
+            assert statuses[media_http.REQUEST_BURST :] == [429, 429]
+            assert (await post(http, f"{url}/whep/{ROOM}", token(ROOM, "s4"), sdp))[0] == 201, "others are not"
+        finally:
             await close_all(publisher)
 
 
