@@ -555,6 +555,7 @@ class OrderService:
         if actor is not None and not actor.is_staff:
             await self._check_student_refund(actor, order, amount_minor)
         refund_id = "rfd_" + secrets.token_hex(8)
+        through_provider = order["method"] == "checkout" and bool(order["payment_ref"])
         before, after = order["refunded_minor"], order["refunded_minor"] + amount_minor
         full = after == order["amount_minor"]
         now = now_ms()
@@ -567,7 +568,7 @@ class OrderService:
                 amount_minor=amount_minor,
                 reason=reason,
                 actor=actor.user_id if actor is not None else "admin",
-                status="done",
+                status="pending" if through_provider else "done",
                 created_at=now,
             ),
             webhook_row(
@@ -609,19 +610,49 @@ class OrderService:
             result={"order": order_id, "refund": refund_id, "amount_minor": amount_minor},
         )
         outcome = await self.ledger.submit(plan)
-        if not outcome.replayed and order["method"] == "checkout" and order["payment_ref"]:
-            try:
-                await self.checkouts.provider.refund(order["payment_ref"], amount_minor, f"refund-{refund_id}")
-            except Exception:
-                log.exception(
-                    "provider refund of order %s failed; the ledger recorded it, retry at the provider", order_id
-                )
+        if not outcome.replayed and through_provider:
+            await self._refund_at_provider(refund_id, order["payment_ref"], amount_minor)
         self.webhooks.wake()
         updated = await self.get(order_id)
         assert updated is not None
         if not outcome.replayed:
             await self._announce(updated)
         return {"order": public(updated), "refund": outcome.result.get("refund"), "replayed": outcome.replayed}
+
+    async def _refund_at_provider(self, refund_id: str, payment_ref: str, amount_minor: int) -> bool:
+        """Pay a recorded refund back through the payment provider (under the refund's own idempotency key,
+        so a retry never pays twice); the refund row says whether it went through."""
+        r = t.refunds
+        try:
+            await self.checkouts.provider.refund(payment_ref, amount_minor, f"refund-{refund_id}")
+            status = "done"
+        except Exception:
+            log.exception("provider refund %s failed; retried later", refund_id)
+            status = "failed"
+        async with self.db.begin() as conn:
+            await conn.execute(update(r).where(r.c.id == refund_id).values(status=status))
+        return status == "done"
+
+    async def retry_refunds(self, older_than_ms: int = 30_000, limit: int = 50) -> int:
+        """Refunds recorded in the ledger whose payment back through the provider failed (or was cut short):
+        tried again. Returns how many went through."""
+        r, o = t.refunds, t.orders
+        cutoff = now_ms() - older_than_ms
+        async with self.reads.connect() as conn:
+            due = (
+                await conn.execute(
+                    select(r.c.id, r.c.amount_minor, o.c.payment_ref)
+                    .join(o, o.c.id == r.c.order_id)
+                    .where(r.c.status.in_(("pending", "failed")), r.c.created_at <= cutoff)
+                    .order_by(r.c.created_at)
+                    .limit(limit)
+                )
+            ).all()
+        done = 0
+        for refund_id, amount_minor, payment_ref in due:
+            if payment_ref and await self._refund_at_provider(refund_id, payment_ref, int(amount_minor)):
+                done += 1
+        return done
 
     async def _check_student_refund(self, student: Identity, order: dict[str, Any], amount_minor: int) -> None:
         if student.user_id != order["buyer"]:

@@ -286,6 +286,8 @@ async def _housekeeping(s: Services) -> None:
                 # Money events whose publication a crash or an outage interrupted.
                 await s.ledger.publish_outbox(older_than_ms=OUTBOX_GRACE_MS)
                 await s.gifts.expire_holds()
+                # Refunds the payment provider failed to pay back (recorded 30 s ago or more).
+                await s.sales.orders.retry_refunds()
             # Unpaid course orders give their seats back on time (checked every second).
             await s.sales.orders.expire_due()
         except asyncio.CancelledError:
