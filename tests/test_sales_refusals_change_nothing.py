@@ -127,14 +127,6 @@ async def test_sales_refusals_have_codes_and_change_nothing(start_app: AppFactor
             assert not answer["ok"] and answer["error"]["code"] == code, (event, payload, answer)
             assert await everything(services) == before, (event, payload, "wrote something")
 
-        # A wallet purchase is spending: the buyer's own cap holds for it as for a gift.
-        assert (await ana.call("wallet:limits", {"per_transfer": 100}))["ok"]
-        before = await everything(services)
-        capped = await ana.call("course:buy", buy("go101", "k8"))
-        assert capped["error"]["code"] == "cap_reached", capped
-        assert await everything(services) == before
-        assert (await ana.call("wallet:limits", {}))["ok"]
-
         # A coupon whose threshold the price does not reach.
         small = (
             await teacher.call(

@@ -9,6 +9,8 @@ Real parts: the app on a TCP port, aiortc peers, WHIP/WHEP over HTTP, python-soc
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import aiohttp.web
 import pytest
@@ -20,7 +22,7 @@ from live.media import room as media_room
 from live.media import viewer as media_viewer
 from rooms.identity import Role
 from tests.conftest import AppFactory
-from tests.media_support import SyntheticPublisher, close_all, create_room
+from tests.media_support import SocketViewer, SyntheticPublisher, close_all, create_room, lesson, wait_for
 from tests.support import Member, joined, token, wait_until
 
 ROOM = "maths"
@@ -120,6 +122,31 @@ async def test_a_player_that_offers_video_only_gets_video(start_app: AppFactory)
         finally:
             await pc.close()
             await close_all(publisher)
+
+
+async def test_a_viewer_waiting_for_anyone_to_publish_is_not_closed_by_the_deadline(
+    start_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The room page watches as the student joins; the deadline counts from the first offer, not before."""
+    monkeypatch.setattr(media_viewer, "CONNECT_DEADLINE_S", 1)
+    url, services = await start_app()
+    teacher, [student] = await lesson(url, "early", 1)
+    viewer = SocketViewer(student)
+    publisher = SyntheticPublisher()
+    try:
+        await viewer.watch()  # nobody publishes yet: "Waiting for the teacher..."
+        await asyncio.sleep(2.5)
+        assert len(services.media.rooms["early"].viewers) == 1
+        headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token('early', 't1', Role.TEACHER)}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{url}/whip/early", data=await publisher.offer(), headers=headers) as response,
+        ):
+            assert response.status == 201, await response.text()
+            await publisher.accept(await response.text())
+        await wait_for(lambda: viewer.peer.frames["video"] > 0, 10, "the early watcher's first frame")
+    finally:
+        await close_all(viewer, publisher, teacher, student)
 
 
 async def test_whep_requests_are_rate_limited_per_user(start_app: AppFactory) -> None:

@@ -108,12 +108,7 @@ class Viewer:
         self._sources: dict[str, TrackSource] = {}
         self.pc.on("connectionstatechange", self._state_changed)
         self.on_failed: Callable[[Any], None] | None = None
-        try:
-            self._deadline: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-                CONNECT_DEADLINE_S, self._connect_deadline
-            )
-        except RuntimeError:  # no event loop (a unit test): nothing to wait for
-            self._deadline = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     @property
     def closed(self) -> bool:
@@ -227,6 +222,7 @@ class Viewer:
         self._renegotiate = False
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
+        self._start_deadline()
         await self._send_offer(self, {"sdp": self.pc.localDescription.sdp, "tracks": self.tracks()})
 
     async def accept_answer(self, answer_sdp: str) -> None:
@@ -256,6 +252,7 @@ class Viewer:
             await self.pc.setLocalDescription(answer)
         except Exception as exc:
             raise MediaError("bad_sdp", f"cannot use this offer: {exc}") from None
+        self._start_deadline()
         return str(self.pc.localDescription.sdp)
 
     # viewers' RTCP
@@ -289,6 +286,12 @@ class Viewer:
             self._activate_all()
         elif state in ("failed", "closed") and not self._closed and self.on_failed is not None:
             self.on_failed(self)
+
+    def _start_deadline(self) -> None:
+        """From the first offer on (ours, or a WHEP player's answered), the viewer has ``CONNECT_DEADLINE_S``
+        to connect. A viewer waiting for anyone to publish has nothing to connect to yet."""
+        if self._deadline is None and self.pc.connectionState not in ("connected", "connecting"):
+            self._deadline = asyncio.get_running_loop().call_later(CONNECT_DEADLINE_S, self._connect_deadline)
 
     def _connect_deadline(self) -> None:
         # An offer answered but never connected (its ICE never completes, and aiortc never calls that
