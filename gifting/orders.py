@@ -150,8 +150,7 @@ class OrderService:
         self._webhook_row = insert(t.host_webhooks)
         self._sellable_reads: dict[tuple[str, str], asyncio.Future[Course]] = {}
         #: Provider refunds that failed: how often, and when to try each again (this process's back-off).
-        self._refund_tries: dict[str, int] = {}
-        self._refund_next: dict[str, float] = {}
+        self._refund_backoff: dict[str, tuple[int, float]] = {}
         #: Seats of expired orders the gate could not take back (Redis was down): given back next round.
         self._give_back_later: set[tuple[str, str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -636,14 +635,12 @@ class OrderService:
         except Exception:
             log.exception("provider refund %s failed; retried later", refund_id)
             status = "failed"
-            tries = self._refund_tries.get(refund_id, 0) + 1
-            self._refund_tries[refund_id] = tries
-            self._refund_next[refund_id] = time.monotonic() + min(REFUND_RETRY_MAX_S, 30 * 2 ** (tries - 1))
+            tries = self._refund_backoff.get(refund_id, (0, 0.0))[0] + 1
+            self._refund_backoff[refund_id] = (tries, time.monotonic() + min(REFUND_RETRY_MAX_S, 30 * 2 ** (tries - 1)))
         async with self.db.begin() as conn:
             await conn.execute(update(r).where(r.c.id == refund_id).values(status=status))
         if status == "done":
-            self._refund_tries.pop(refund_id, None)
-            self._refund_next.pop(refund_id, None)
+            self._refund_backoff.pop(refund_id, None)
         return status == "done"
 
     async def retry_refunds(self, older_than_ms: int = 30_000, limit: int = 50) -> int:
@@ -658,13 +655,13 @@ class OrderService:
                     .join(o, o.c.id == r.c.order_id)
                     .where(r.c.status.in_(("pending", "failed")), r.c.created_at <= cutoff)
                     .order_by(r.c.created_at)
-                    .limit(limit + len(self._refund_next))  # those backing off are skipped below
+                    .limit(limit + len(self._refund_backoff))  # those backing off are skipped below
                 )
             ).all()
         done = 0
         now = time.monotonic()
         for refund_id, amount_minor, payment_ref in due:
-            if self._refund_next.get(refund_id, 0.0) > now:
+            if self._refund_backoff.get(refund_id, (0, 0.0))[1] > now:
                 continue
             if payment_ref and await self._refund_at_provider(refund_id, payment_ref, int(amount_minor)):
                 done += 1

@@ -191,13 +191,13 @@ class SocketGateway:
 
     async def on_unknown(self, event: str, sid: str, *_: Any) -> Any:
         self.metrics.events_in.labels("unknown").inc()
+        session = self.sessions.get(sid)
         try:
-            session = self.sessions.get(sid)
             if session is not None:
                 self._take_event_token(session)  # unknown events count against the limit like any other
-            raise RoomError("unknown_event", f"no such event: {event[:64]}")
-        except RoomError as exc:
-            return self._answer_error(sid, event, exc)
+        except RoomError as limited:
+            return self._answer_error(sid, event, limited)
+        return self._answer_error(sid, event, RoomError("unknown_event", f"no such event: {event[:64]}"))
 
     # inbound events: limits, validation and error mapping, then the handler
     def _guarded(

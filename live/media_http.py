@@ -84,9 +84,6 @@ class MediaHttp:
         except UnicodeDecodeError:
             raise MediaError("bad_sdp", "the offer is not UTF-8 text") from None
 
-    async def _open_room(self, who: Identity) -> None:
-        await self.rooms.require_admitted(who)  # exists, not ended, the user not removed from it
-
     def _created(self, request: web.Request, kind: str, session: str, answer: str) -> web.Response:
         location = f"/{kind}/{request.match_info['room']}/{session}"
         return web.Response(
@@ -102,7 +99,7 @@ class MediaHttp:
         if not who.grants.publish:
             raise RoomError("forbidden", "your token does not allow publishing media")
         offer = await self._offer(request)
-        await self._open_room(who)
+        await self.rooms.require_admitted(who)  # the room exists, has not ended, and has not removed the user
         session = "whip-" + secrets.token_urlsafe(12)
         answer = await self.router.publish(who, "main", offer, owner_key=session)
         return self._created(request, "whip", session, answer)
@@ -111,7 +108,7 @@ class MediaHttp:
         """Watch the room's current tracks."""
         who = await self._caller(request)
         offer = await self._offer(request)
-        await self._open_room(who)
+        await self.rooms.require_admitted(who)
         session = "whep-" + secrets.token_urlsafe(12)
         answer = await self.router.answer_viewer(who, session, offer)
         return self._created(request, "whep", session, answer)

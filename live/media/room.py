@@ -214,12 +214,6 @@ class MediaRoom:
         for viewer_id in mine[: max(0, len(mine) - VIEWERS_PER_USER + 1)]:
             await self.leave(viewer_id)
 
-    async def drop_member(self, user_id: str) -> None:
-        """A member removed from the room: their viewers and streams end now."""
-        for viewer_id in [v.viewer_id for v in self.viewers.values() if v.user_id == user_id]:
-            await self.leave(viewer_id)
-        await self.unpublish(user_id)
-
     async def leave(self, viewer_id: str) -> bool:
         viewer = self.viewers.pop(viewer_id, None)
         if viewer is None:

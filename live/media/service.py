@@ -126,10 +126,9 @@ class MediaService:
         room = self.rooms.get(room_id)
         if room is None:
             return
-        await room.drop_member(user_id)
-        if user_id in room.stage:
-            room.stage.discard(user_id)
-            await self._stage_changed(room)
+        for viewer_id in [v.viewer_id for v in room.viewers.values() if v.user_id == user_id]:
+            await room.leave(viewer_id)
+        await self._off_stage(room, user_id)
         self._drop_if_idle(room)
 
     async def remove_from_stage(self, who: Identity, user_id: str) -> list[str]:
@@ -140,11 +139,17 @@ class MediaService:
         room = self.rooms.get(who.room_id)
         if room is None or user_id not in room.stage:
             return self.stage(who.room_id)
-        room.stage.discard(user_id)
-        await room.unpublish(user_id)
-        await self._stage_changed(room)
+        await self._off_stage(room, user_id)
         self._drop_if_idle(room)
         return sorted(room.stage)
+
+    async def _off_stage(self, room: MediaRoom, user_id: str) -> None:
+        """``user_id``'s streams stop now, and if they were on stage, everyone hears they are off it."""
+        on_stage = user_id in room.stage
+        room.stage.discard(user_id)
+        await room.unpublish(user_id)
+        if on_stage:
+            await self._stage_changed(room)
 
     async def _stage_changed(self, room: MediaRoom) -> None:
         if self._announce is not None:

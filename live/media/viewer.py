@@ -290,7 +290,7 @@ class Viewer:
     def _start_deadline(self) -> None:
         """From the first offer on (ours, or a WHEP player's answered), the viewer has ``CONNECT_DEADLINE_S``
         to connect. A viewer waiting for anyone to publish has nothing to connect to yet."""
-        if self._deadline is None and self.pc.connectionState not in ("connected", "connecting"):
+        if self._deadline is None and self.pc.connectionState != "connected":
             self._deadline = asyncio.get_running_loop().call_later(CONNECT_DEADLINE_S, self._connect_deadline)
 
     def _connect_deadline(self) -> None:
